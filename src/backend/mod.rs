@@ -1,0 +1,386 @@
+//! The backends: their live state, the set the balancer picks from, and the
+//! in-flight accounting that ends with the response body.
+//!
+//! [`Upstreams`] holds the current [`BackendSet`] behind an `ArcSwap`: a request
+//! loads it once (no lock), and a reload swaps in a whole new set and strategy at
+//! once. A backend that survives a reload is the same `Arc<Backend>` in the new set,
+//! so it keeps its counters and its connection pool.
+
+mod guard;
+mod url;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+use rand::RngCore;
+
+use crate::health::outlier::{Outlier, OutlierPolicy};
+use crate::health::state::{HealthState, Transition};
+use crate::limit::queue::{Attempt, WaitQueue};
+
+pub use guard::InFlight;
+pub use url::BackendUrl;
+
+use crate::balance::{self, BackendSpec, BalancerConfig, LoadView, PickRequest, Strategy};
+use crate::config::Config;
+use crate::metrics::{BackendMetrics, Metrics};
+
+/// One Letta server and its live state.
+pub struct Backend {
+    /// Config name, shown in metrics and `x-letta-proxy-backend`.
+    pub name: Arc<str>,
+    /// Where it listens.
+    pub url: BackendUrl,
+    /// Relative share of traffic.
+    pub weight: u32,
+    /// Most requests in flight at once (0 = no cap).
+    pub max_in_flight: u64,
+    /// `name` as a ready header value (built once, cloned per response).
+    pub name_header: HeaderValue,
+    in_flight: AtomicU64,
+    /// Set by active health checks; an unhealthy backend is skipped while others are usable.
+    healthy: AtomicBool,
+    /// The active checks' threshold state (only the prober touches it).
+    probe_state: std::sync::Mutex<HealthState>,
+    /// Passive health: ejection after consecutive failures of real traffic.
+    pub outlier: Outlier,
+    /// Woken whenever a slot is released, for requests queued at the caps.
+    queue: Arc<WaitQueue>,
+    /// A draining backend takes no new requests; in-flight ones finish.
+    draining: AtomicBool,
+    /// Shared with every backend of the proxy: the total in flight, for bounded-load affinity.
+    total_in_flight: Arc<AtomicU64>,
+    /// Latency estimate fed by every response, read by `least_latency`.
+    pub latency: balance::PeakEwma,
+    pub metrics: BackendMetrics,
+}
+
+impl Backend {
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Whether the last health verdict was "up".
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Records a health verdict.
+    pub fn set_healthy(&self, up: bool) {
+        self.healthy.store(up, Ordering::Relaxed);
+    }
+
+    /// Whether the backend is draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Starts or stops draining.
+    pub fn set_draining(&self, draining: bool) {
+        self.draining.store(draining, Ordering::Relaxed);
+    }
+
+    /// Whether health allows traffic at `now`: up by probes, not ejected by traffic.
+    pub fn is_usable(&self, now: u64) -> bool {
+        self.is_healthy() && !self.outlier.is_ejected(now)
+    }
+
+    /// Whether the backend is below its in-flight cap.
+    pub fn has_capacity(&self) -> bool {
+        self.max_in_flight == 0 || self.in_flight() < self.max_in_flight
+    }
+
+    /// Whether the backend may take a new request at `now`: usable, not draining, under its cap.
+    pub fn eligible(&self, now: u64) -> bool {
+        self.is_usable(now) && !self.is_draining() && self.has_capacity()
+    }
+
+    /// Records an active probe result; returns the transition when the verdict flipped.
+    pub fn observe_probe(
+        &self,
+        ok: bool,
+        unhealthy_threshold: u32,
+        healthy_threshold: u32,
+    ) -> Option<Transition> {
+        let mut st = self.probe_state.lock().expect("probe state poisoned");
+        let t = st.observe(ok, unhealthy_threshold, healthy_threshold);
+        self.set_healthy(st.is_up());
+        t
+    }
+
+    /// Takes one in-flight slot if the cap allows; the slot is released when the
+    /// returned guard drops (at the end of the response body).
+    pub fn try_acquire(self: &Arc<Self>) -> Option<InFlight> {
+        if self.max_in_flight == 0 {
+            self.in_flight.fetch_add(1, Ordering::Relaxed);
+        } else {
+            // CAS, not check-then-add: two racing requests must not both take the last slot.
+            self.in_flight
+                .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                    (n < self.max_in_flight).then_some(n + 1)
+                })
+                .ok()?;
+        }
+        self.total_in_flight.fetch_add(1, Ordering::Relaxed);
+        self.metrics.in_flight.inc();
+        Some(InFlight::new(self.clone()))
+    }
+
+    fn release(&self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.total_in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.in_flight.dec();
+        self.queue.wake_one();
+    }
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend")
+            .field("name", &self.name)
+            .field("in_flight", &self.in_flight())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The backends in config order plus the strategy built for exactly them.
+pub struct BackendSet {
+    pub backends: Vec<Arc<Backend>>,
+    pub strategy: Box<dyn Strategy>,
+}
+
+impl BackendSet {
+    /// Whether at least one backend is usable and not draining at `now` (it may
+    /// be busy: requests then queue).
+    pub fn any_usable(&self, now: u64) -> bool {
+        self.backends
+            .iter()
+            .any(|b| b.is_usable(now) && !b.is_draining())
+    }
+}
+
+/// The live backend set, swapped whole on reload.
+pub struct Upstreams {
+    current: ArcSwap<BackendSet>,
+    total_in_flight: Arc<AtomicU64>,
+    /// Requests waiting because every usable backend is at its cap.
+    pub queue: Arc<WaitQueue>,
+    outlier_policy: std::sync::RwLock<OutlierPolicy>,
+    metrics: Metrics,
+    /// Monotonic origin for latency timestamps.
+    epoch: Instant,
+}
+
+impl Upstreams {
+    /// Builds the backend set of `config`.
+    pub fn new(config: &Config, metrics: Metrics) -> Upstreams {
+        let up = Upstreams {
+            current: ArcSwap::from_pointee(BackendSet {
+                backends: Vec::new(),
+                strategy: balance::build(&config.balancer, &[]),
+            }),
+            total_in_flight: Arc::new(AtomicU64::new(0)),
+            queue: Arc::new(WaitQueue::new(
+                config.limits.queue_size,
+                config.limits.queue_timeout,
+            )),
+            outlier_policy: std::sync::RwLock::new(outlier_policy(config)),
+            metrics,
+            epoch: Instant::now(),
+        };
+        up.replace(config);
+        up
+    }
+
+    /// The current set (a cheap, lock-free snapshot).
+    pub fn load(&self) -> arc_swap::Guard<Arc<BackendSet>> {
+        self.current.load()
+    }
+
+    /// The current set, as an owned `Arc` (for long-lived holders).
+    pub fn load_full(&self) -> Arc<BackendSet> {
+        self.current.load_full()
+    }
+
+    /// Swaps in the backends and strategy of `config`. Backends whose name and URL
+    /// are unchanged are carried over with their state.
+    pub fn replace(&self, config: &Config) {
+        let old = self.current.load_full();
+        let backends: Vec<Arc<Backend>> = config
+            .backends
+            .iter()
+            .map(|bc| {
+                let url = BackendUrl::parse(&bc.url).expect("validated config");
+                let max = bc
+                    .max_in_flight
+                    .unwrap_or(config.limits.max_in_flight_per_backend);
+                match old
+                    .backends
+                    .iter()
+                    .find(|b| *b.name == *bc.name && b.url == url)
+                {
+                    Some(b) if b.weight == bc.weight && b.max_in_flight == max => b.clone(),
+                    _ => {
+                        Arc::new(self.new_backend(&bc.name, url, bc.weight, max, &config.balancer))
+                    }
+                }
+            })
+            .collect();
+        let specs: Vec<BackendSpec<'_>> = backends
+            .iter()
+            .map(|b| BackendSpec {
+                name: &b.name,
+                weight: b.weight,
+            })
+            .collect();
+        let strategy = balance::build(&config.balancer, &specs);
+        *self.outlier_policy.write().expect("policy lock poisoned") = outlier_policy(config);
+        self.current
+            .store(Arc::new(BackendSet { backends, strategy }));
+    }
+
+    fn new_backend(
+        &self,
+        name: &str,
+        url: BackendUrl,
+        weight: u32,
+        max: u64,
+        bal: &BalancerConfig,
+    ) -> Backend {
+        Backend {
+            name: Arc::from(name),
+            url,
+            weight,
+            max_in_flight: max,
+            name_header: HeaderValue::from_str(name).expect("validated: printable ASCII"),
+            in_flight: AtomicU64::new(0),
+            healthy: AtomicBool::new(true),
+            probe_state: Default::default(),
+            outlier: Outlier::default(),
+            queue: self.queue.clone(),
+            draining: AtomicBool::new(false),
+            total_in_flight: self.total_in_flight.clone(),
+            latency: balance::PeakEwma::new(bal.ewma_decay, bal.error_penalty),
+            metrics: self.metrics.backend(name),
+        }
+    }
+
+    /// Nanoseconds since this proxy started (the clock of latency estimates).
+    pub fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// One attempt at picking a backend for `req` and taking an in-flight slot
+    /// on it, skipping the backends in `tried`.
+    ///
+    /// Health is advisory when it would leave nothing: if no backend is usable,
+    /// the attempt ignores health and ejections (a proxy that fails everything
+    /// because its probes are wrong is worse than one that tries). Draining and
+    /// caps are always respected.
+    pub fn try_acquire(
+        &self,
+        req: &PickRequest<'_>,
+        tried: &[usize],
+        rng: &mut dyn RngCore,
+    ) -> Attempt<(usize, InFlight)> {
+        let set = self.load();
+        let now = self.now_ns();
+        let panic_mode = !set.backends.iter().any(|b| b.is_usable(now));
+        let view = LiveView {
+            set: &set,
+            tried,
+            total: self.total_in_flight.load(Ordering::Relaxed),
+            now,
+            panic_mode,
+        };
+        // A pick can lose a race for a backend's last slot; pick again a few times.
+        for _ in 0..set.backends.len().clamp(1, 4) {
+            let Some(i) = set.strategy.pick(&view, req, rng) else {
+                break;
+            };
+            if let Some(guard) = set.backends[i].try_acquire() {
+                return Attempt::Got((i, guard));
+            }
+        }
+        // Busy (worth queueing) only if some backend could take it once a slot frees.
+        let could = set.backends.iter().enumerate().any(|(i, b)| {
+            !tried.contains(&i) && !b.is_draining() && (panic_mode || b.is_usable(now))
+        });
+        if could {
+            Attempt::Busy
+        } else {
+            Attempt::Unusable
+        }
+    }
+
+    /// Records a failed exchange with `backend` for passive health; ejects it
+    /// after enough consecutive failures, within the allowed share of the set.
+    pub fn record_failure(&self, backend: &Backend) {
+        let policy = *self.outlier_policy.read().expect("policy lock poisoned");
+        let now = self.now_ns();
+        let ejected = backend.outlier.failure(now, &policy, || {
+            let set = self.load();
+            let n = set.backends.len();
+            let ejected = set
+                .backends
+                .iter()
+                .filter(|b| b.outlier.is_ejected(now))
+                .count();
+            // At least one backend may always be ejected, so a 2-backend set can shed its bad half.
+            let allowed = (n * policy.max_ejected_percent as usize / 100).max(1);
+            ejected < allowed && ejected + 1 < n.max(2)
+        });
+        if let Some(length) = ejected {
+            backend.metrics.ejections.inc();
+            tracing::warn!(backend = %backend.name, cooldown = ?length, "backend ejected after consecutive failures");
+        }
+    }
+
+    /// Records a good exchange with `backend` for passive health.
+    pub fn record_success(&self, backend: &Backend) {
+        backend.outlier.success();
+    }
+}
+
+fn outlier_policy(config: &Config) -> OutlierPolicy {
+    OutlierPolicy {
+        consecutive_failures: config.health.passive_failures,
+        base_ejection: config.health.ejection_time,
+        max_ejection: config.health.max_ejection_time,
+        max_ejected_percent: config.health.max_ejected_percent,
+    }
+}
+
+/// The balancer's view of the live set, minus the backends already tried.
+struct LiveView<'a> {
+    set: &'a BackendSet,
+    tried: &'a [usize],
+    total: u64,
+    now: u64,
+    /// No backend is usable: pick among the unhealthy rather than fail.
+    panic_mode: bool,
+}
+
+impl LoadView for LiveView<'_> {
+    fn len(&self) -> usize {
+        self.set.backends.len()
+    }
+    fn eligible(&self, i: usize) -> bool {
+        let b = &self.set.backends[i];
+        let health_ok = self.panic_mode || b.is_usable(self.now);
+        health_ok && !b.is_draining() && b.has_capacity() && !self.tried.contains(&i)
+    }
+    fn in_flight(&self, i: usize) -> u64 {
+        self.set.backends[i].in_flight()
+    }
+    fn latency_ns(&self, i: usize) -> u64 {
+        self.set.backends[i].latency.get(self.now)
+    }
+    fn total_in_flight(&self) -> u64 {
+        self.total
+    }
+}

@@ -1,0 +1,588 @@
+//! Configuration: the TOML file, `LETTA_PROXY__SECTION__KEY` overrides, validation.
+//!
+//! Loading is three steps so each error names where it came from: parse the file
+//! into a TOML table, overlay environment variables onto that table, then
+//! deserialize with `deny_unknown_fields` (a misspelt key is an error that names
+//! it) and validate what types cannot express (unique backend names, URLs).
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::balance::BalancerConfig;
+
+/// Prefix of environment variables that override config keys.
+pub const ENV_PREFIX: &str = "LETTA_PROXY__";
+/// Config file read when `--config` is not given, if it exists.
+pub const DEFAULT_CONFIG_PATH: &str = "config/letta-proxy.toml";
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config in {origin}: {source}")]
+    Parse {
+        origin: String,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid environment override {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("invalid config in {origin}: {message}")]
+    Invalid { origin: String, message: String },
+}
+
+/// The whole configuration. Sections mirror the TOML file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub balancer: BalancerConfig,
+    pub backends: Vec<BackendConfig>,
+    pub health: HealthConfig,
+    pub cache: CacheConfig,
+    pub limits: LimitsConfig,
+    pub metrics: MetricsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            balancer: BalancerConfig::default(),
+            backends: vec![BackendConfig {
+                name: "letta".into(),
+                url: "http://127.0.0.1:8283".into(),
+                weight: 1,
+                max_in_flight: None,
+            }],
+            health: HealthConfig::default(),
+            cache: CacheConfig::default(),
+            limits: LimitsConfig::default(),
+            metrics: MetricsConfig::default(),
+        }
+    }
+}
+
+/// `[server]`: listeners, timeouts, body limit, upstream pool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address of the main listener (clients and `/metrics`).
+    pub listen: SocketAddr,
+    /// Address of the admin listener; `None` disables it.
+    pub admin_listen: Option<SocketAddr>,
+    /// Time allowed to open a TCP connection to a backend.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Time allowed between sending a request and receiving the response headers.
+    /// Long by default: a non-streamed Letta agent turn answers only when the LLM is done.
+    #[serde(with = "humantime_serde")]
+    pub response_header_timeout: Duration,
+    /// Longest silence allowed inside a response body (between two chunks).
+    /// There is no total deadline: an SSE stream may last as long as it keeps talking.
+    #[serde(with = "humantime_serde")]
+    pub body_idle_timeout: Duration,
+    /// Time a client has to send its request headers (slowloris guard).
+    #[serde(with = "humantime_serde")]
+    pub client_header_timeout: Duration,
+    /// How long shutdown waits for in-flight requests and streams.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Largest request body accepted (413 above). Letta accepts file uploads.
+    #[serde(deserialize_with = "de_size")]
+    pub max_body_size: u64,
+    /// Pass the client's `Host` to backends (Letta builds redirect URLs from it).
+    pub preserve_host: bool,
+    /// Idle keep-alive connections to a backend are closed after this long.
+    #[serde(with = "humantime_serde")]
+    pub pool_idle_timeout: Duration,
+    /// Most idle keep-alive connections kept per backend.
+    pub pool_max_idle_per_backend: usize,
+    /// Most concurrent client connections; further accepts wait.
+    pub max_connections: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8300)),
+            admin_listen: None,
+            connect_timeout: Duration::from_secs(3),
+            response_header_timeout: Duration::from_secs(600),
+            body_idle_timeout: Duration::from_secs(300),
+            client_header_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(30),
+            max_body_size: 100 * 1024 * 1024,
+            preserve_host: true,
+            pool_idle_timeout: Duration::from_secs(60),
+            pool_max_idle_per_backend: 1024,
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// One `[[backends]]` entry: a Letta server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// Unique name, used in metrics and the `x-letta-proxy-backend` header.
+    pub name: String,
+    /// Base URL, `http://host:port` (no path).
+    pub url: String,
+    /// Relative share of traffic (>= 1).
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// Most requests in flight on this backend; `limits.max_in_flight_per_backend` when unset.
+    #[serde(default)]
+    pub max_in_flight: Option<u64>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// `[health]`: active probes of each backend.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    pub enabled: bool,
+    /// Probed path; Letta's liveness endpoint by default.
+    pub path: String,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Consecutive failed probes that mark a backend down.
+    pub unhealthy_threshold: u32,
+    /// Consecutive good probes that bring it back.
+    pub healthy_threshold: u32,
+    /// Passive checks: consecutive connection errors, timeouts or 5xx from real
+    /// traffic that eject a backend (0 disables).
+    pub passive_failures: u32,
+    /// First ejection's length; doubled on every repeat, up to `max_ejection_time`.
+    #[serde(with = "humantime_serde")]
+    pub ejection_time: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_ejection_time: Duration,
+    /// Most backends ejected at once, in percent of the set (at least one may be).
+    pub max_ejected_percent: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            enabled: true,
+            path: "/v1/health/".into(),
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
+            unhealthy_threshold: 3,
+            healthy_threshold: 2,
+            passive_failures: 5,
+            ejection_time: Duration::from_secs(10),
+            max_ejection_time: Duration::from_secs(300),
+            max_ejected_percent: 50,
+        }
+    }
+}
+
+/// `[cache]`: the response cache.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    pub enabled: bool,
+    /// Default time to live of a cached response.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Shared second tier; `None` keeps the cache in memory only.
+    pub redis_url: Option<String>,
+    /// Memory budget of the in-process tier.
+    #[serde(deserialize_with = "de_size")]
+    pub max_bytes: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            enabled: true,
+            ttl: Duration::from_secs(30),
+            redis_url: None,
+            max_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// `[limits]`: concurrency caps that protect the proxy and the backends.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Most requests in flight through the whole proxy (0 = unlimited).
+    pub max_in_flight: u64,
+    /// Default cap per backend when a backend sets none (0 = unlimited).
+    pub max_in_flight_per_backend: u64,
+    /// Requests that may wait for a backend slot when every backend is at its cap.
+    pub queue_size: usize,
+    /// Longest wait in that queue before 503 + `Retry-After`.
+    #[serde(with = "humantime_serde")]
+    pub queue_timeout: Duration,
+    /// Run writes to one agent (or block) one at a time, in arrival order.
+    pub serialize_agent_writes: bool,
+    /// Longest wait for an agent's earlier writes before 503. Long: agent turns take minutes.
+    #[serde(with = "humantime_serde")]
+    pub agent_write_timeout: Duration,
+    /// Retries of safe requests allowed, as a percentage of requests (a budget,
+    /// so retries cannot multiply load during an outage).
+    pub retry_budget_percent: u32,
+    /// Retries allowed per second whatever the traffic (the budget's floor).
+    pub retry_min_per_second: u32,
+    /// Largest request body kept in memory so a safe request can be retried.
+    #[serde(deserialize_with = "de_size")]
+    pub retry_max_body: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_in_flight: 0,
+            max_in_flight_per_backend: 0,
+            queue_size: 1000,
+            queue_timeout: Duration::from_secs(30),
+            serialize_agent_writes: true,
+            agent_write_timeout: Duration::from_secs(600),
+            retry_budget_percent: 20,
+            retry_min_per_second: 10,
+            retry_max_body: 64 * 1024,
+        }
+    }
+}
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve `GET /metrics` on the main listener.
+    pub enabled: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { enabled: true }
+    }
+}
+
+impl Config {
+    /// Loads the config the CLI asked for: `path` if given, else
+    /// [`DEFAULT_CONFIG_PATH`] when it exists, else built-in defaults; then the
+    /// environment overrides from `env`.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let (text, origin) = match path {
+            Some(p) => (read(p)?, p.display().to_string()),
+            None if Path::new(DEFAULT_CONFIG_PATH).exists() => (
+                read(Path::new(DEFAULT_CONFIG_PATH))?,
+                DEFAULT_CONFIG_PATH.to_string(),
+            ),
+            None => (String::new(), "built-in defaults".to_string()),
+        };
+        Config::from_toml(&text, &origin, env)
+    }
+
+    /// Parses `text` (from `origin`, used in messages), overlays `env`, validates.
+    pub fn from_toml(
+        text: &str,
+        origin: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let parse_err = |e: toml::de::Error| ConfigError::Parse {
+            origin: origin.to_string(),
+            source: Box::new(e),
+        };
+        let table: toml::Table = toml::from_str(text).map_err(parse_err)?;
+        let mut root = toml::Value::Table(table);
+        let mut overridden = Vec::new();
+        // Sorted, so `BACKENDS__1__…` is applied before `BACKENDS__2__…` whatever the
+        // environment's order.
+        let mut env: Vec<(String, String)> = env.into_iter().collect();
+        env.sort();
+        for (var, value) in env {
+            if let Some(key) = var.strip_prefix(ENV_PREFIX) {
+                apply_override(&mut root, key, &value).map_err(|message| ConfigError::Env {
+                    var: var.clone(),
+                    message,
+                })?;
+                overridden.push(var);
+            }
+        }
+        let origin = if overridden.is_empty() {
+            origin.to_string()
+        } else {
+            format!("{origin} (with {})", overridden.join(", "))
+        };
+        let config: Config = Config::deserialize(root).map_err(|e| ConfigError::Parse {
+            origin: origin.clone(),
+            source: Box::new(e),
+        })?;
+        config
+            .validate()
+            .map_err(|message| ConfigError::Invalid { origin, message })?;
+        Ok(config)
+    }
+
+    /// Checks what the types cannot: backend names, URLs, weights, strategy options.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.backends.is_empty() {
+            return Err("at least one [[backends]] entry is required".into());
+        }
+        let mut names = HashSet::new();
+        for (i, b) in self.backends.iter().enumerate() {
+            if b.name.is_empty() || !b.name.chars().all(|c| c.is_ascii_graphic()) {
+                return Err(format!(
+                    "backends[{i}].name {:?} must be non-empty printable ASCII without spaces",
+                    b.name
+                ));
+            }
+            if !names.insert(b.name.as_str()) {
+                return Err(format!("backends[{i}].name {:?} is used twice", b.name));
+            }
+            if b.weight == 0 {
+                return Err(format!("backends[{i}].weight must be at least 1"));
+            }
+            crate::backend::BackendUrl::parse(&b.url)
+                .map_err(|e| format!("backends[{i}].url {:?}: {e}", b.url))?;
+        }
+        self.balancer
+            .validate()
+            .map_err(|e| format!("[balancer]: {e}"))?;
+        if !self.health.path.starts_with('/') {
+            return Err(format!(
+                "health.path {:?} must start with '/'",
+                self.health.path
+            ));
+        }
+        if self.health.unhealthy_threshold == 0 || self.health.healthy_threshold == 0 {
+            return Err("health thresholds must be at least 1".into());
+        }
+        if self.server.max_connections == 0 {
+            return Err("server.max_connections must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Sets `SECTION__KEY` (case-insensitive; `BACKENDS__0__URL` indexes arrays) to
+/// `raw`, read as a TOML value when it is one (`true`, `8`, `["a"]`) and as a string
+/// otherwise (`127.0.0.1:8300`, `5s`).
+fn apply_override(root: &mut toml::Value, key: &str, raw: &str) -> Result<(), String> {
+    let parts: Vec<String> = key.split("__").map(|p| p.to_ascii_lowercase()).collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err("expected LETTA_PROXY__SECTION__KEY".into());
+    }
+    set_path(root, &parts, parse_env_value(raw))
+}
+
+fn set_path(node: &mut toml::Value, parts: &[String], value: toml::Value) -> Result<(), String> {
+    let Some((head, rest)) = parts.split_first() else {
+        *node = value;
+        return Ok(());
+    };
+    match node {
+        toml::Value::Table(t) => {
+            let child = t
+                .entry(head.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            set_path(child, rest, value)
+        }
+        toml::Value::Array(items) => {
+            let idx: usize = head
+                .parse()
+                .map_err(|_| format!("{head:?} is not an index into a list"))?;
+            // One past the end appends, so a backend can be added from the environment.
+            if idx == items.len() {
+                items.push(toml::Value::Table(toml::Table::new()));
+            }
+            let len = items.len();
+            let child = items
+                .get_mut(idx)
+                .ok_or_else(|| format!("index {idx} is past the end of a list of {len}"))?;
+            set_path(child, rest, value)
+        }
+        _ => Err(format!("{head:?} is below a plain value")),
+    }
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+/// Reads a size: an integer number of bytes or a string such as `"32MiB"`, `"1.5 GB"`.
+fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Int(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Int(n) => Ok(n),
+        Raw::Text(s) => parse_size(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+/// Parses `"512"`, `"64KiB"`, `"32MiB"`, `"1GiB"`, `"10MB"` (decimal units are powers of 1000).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let num: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: expected a number with an optional unit"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        other => {
+            return Err(format!(
+                "invalid size unit {other:?} in {s:?} (use B, KiB, MiB, GiB, KB, MB, GB)"
+            ))
+        }
+    };
+    Ok((num * mult as f64).round() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_toml(
+            text,
+            "test.toml",
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn empty_file_gives_the_documented_defaults() {
+        let c = load("", &[]).unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8300");
+        assert_eq!(c.backends.len(), 1);
+        assert_eq!(c.backends[0].url, "http://127.0.0.1:8283");
+        assert!(c.cache.enabled && c.cache.redis_url.is_none());
+    }
+
+    #[test]
+    fn the_shipped_config_file_is_valid_and_matches_the_defaults() {
+        let text = include_str!("../config/letta-proxy.toml");
+        let c = load(text, &[]).unwrap();
+        let d = Config::default();
+        assert_eq!(c.server.listen, d.server.listen);
+        assert_eq!(
+            c.server.response_header_timeout,
+            d.server.response_header_timeout
+        );
+        assert_eq!(c.server.max_body_size, d.server.max_body_size);
+        assert_eq!(c.backends[0].url, d.backends[0].url);
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_the_file() {
+        let e = load("[server]\nlisen = \"127.0.0.1:1\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lisen") && e.contains("test.toml"), "{e}");
+        let e = load("[sever]\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("sever"), "{e}");
+    }
+
+    #[test]
+    fn durations_and_sizes_are_strings() {
+        let c = load(
+            "[server]\nconnect_timeout = \"250ms\"\nmax_body_size = \"32MiB\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.server.connect_timeout, Duration::from_millis(250));
+        assert_eq!(c.server.max_body_size, 32 << 20);
+        let e = load("[server]\nconnect_timeout = \"soon\"\n", &[]).unwrap_err();
+        assert!(
+            e.to_string().contains("connect_timeout") || e.to_string().contains("soon"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn environment_overrides_any_key() {
+        let c = load(
+            "[[backends]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n",
+            &[
+                ("LETTA_PROXY__BALANCER__STRATEGY", "random"),
+                ("LETTA_PROXY__SERVER__LISTEN", "127.0.0.1:9999"),
+                ("LETTA_PROXY__BACKENDS__0__WEIGHT", "3"),
+                ("LETTA_PROXY__BACKENDS__1__NAME", "b"),
+                ("LETTA_PROXY__BACKENDS__1__URL", "http://127.0.0.1:2"),
+                ("UNRELATED", "x"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.balancer.strategy.as_str(), "random");
+        assert_eq!(c.server.listen.port(), 9999);
+        assert_eq!(c.backends[0].weight, 3);
+        assert_eq!(c.backends[1].name, "b");
+        let e = load("", &[("LETTA_PROXY__SERVER__NOPE", "1")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("nope") && e.contains("LETTA_PROXY__SERVER__NOPE"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn semantic_errors_are_clear() {
+        let two = "[[backends]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n";
+        let e = load(&format!("{two}{two}"), &[]).unwrap_err().to_string();
+        assert!(e.contains("used twice"), "{e}");
+        let e = load("[[backends]]\nname = \"a\"\nurl = \"ftp://x\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("backends[0].url"), "{e}");
+        let e = load("backends = []\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("at least one"), "{e}");
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("512").unwrap(), 512);
+        assert_eq!(parse_size("64KiB").unwrap(), 65536);
+        assert_eq!(parse_size("10MB").unwrap(), 10_000_000);
+        assert_eq!(parse_size("1.5 GiB").unwrap(), 1_610_612_736);
+        assert!(parse_size("ten").is_err());
+        assert!(parse_size("5 parsecs").is_err());
+    }
+}

@@ -1,0 +1,99 @@
+//! Health of the backends: active probes and passive outlier detection.
+//!
+//! - [`state`]: the pure threshold state machine of active probes;
+//! - [`outlier`]: ejection from real traffic (consecutive failures);
+//! - this file: the prober and its scheduler, one task for the whole set,
+//!   probing every backend of the *current* set each interval (so a reload's new
+//!   backends are probed without restarting anything), stopped by a token.
+
+pub mod outlier;
+pub mod state;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Uri};
+use http_body_util::Empty;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::{Backend, Upstreams};
+use crate::config::HealthConfig;
+use state::Transition;
+
+type ProbeClient = Client<HttpConnector, Empty<Bytes>>;
+
+/// Starts probing the backends of `upstreams` every `cfg.interval` until `stop`.
+pub fn spawn(
+    upstreams: Arc<Upstreams>,
+    cfg: HealthConfig,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(cfg.timeout));
+    connector.set_nodelay(true);
+    // Probes use their own small pool so they never queue behind proxied traffic.
+    let client: ProbeClient = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(1)
+        .build(connector);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(cfg.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let set = upstreams.load_full();
+            let probes = set
+                .backends
+                .iter()
+                .map(|b| probe_one(&client, b, &cfg, &upstreams));
+            futures_util::future::join_all(probes).await;
+        }
+    })
+}
+
+async fn probe_one(
+    client: &ProbeClient,
+    backend: &Arc<Backend>,
+    cfg: &HealthConfig,
+    upstreams: &Upstreams,
+) {
+    let ok = probe(client, backend, &cfg.path, cfg.timeout).await;
+    let transition = backend.observe_probe(ok, cfg.unhealthy_threshold, cfg.healthy_threshold);
+    match transition {
+        Some(Transition::WentDown) => {
+            tracing::warn!(backend = %backend.name, path = %cfg.path, "backend is down (active health check)");
+        }
+        Some(Transition::CameUp) => {
+            backend.outlier.readmit();
+            tracing::info!(backend = %backend.name, "backend is up again (active health check)");
+        }
+        None if ok && backend.outlier.is_ejected(upstreams.now_ns()) && backend.is_healthy() => {
+            // Ejected by traffic but answering probes: keep the ejection; the
+            // cooldown decides. Probes only judge liveness.
+        }
+        None => {}
+    }
+}
+
+/// One probe: `GET path` answered 2xx within `timeout`.
+pub async fn probe(client: &ProbeClient, backend: &Backend, path: &str, timeout: Duration) -> bool {
+    let uri: Uri = match format!("http://{}{}", backend.url.authority, path).parse() {
+        Ok(u) => u,
+        Err(_) => return false,
+    };
+    let req = Request::get(uri)
+        .header("user-agent", "letta-proxy-health")
+        .body(Empty::new())
+        .expect("valid probe request");
+    match tokio::time::timeout(timeout, client.request(req)).await {
+        Ok(Ok(resp)) => resp.status().is_success(),
+        _ => false,
+    }
+}

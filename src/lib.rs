@@ -1,0 +1,50 @@
+//! # letta-proxy
+//!
+//! A reverse proxy and load balancer for [Letta](https://github.com/letta-ai/letta)
+//! servers. Clients change only their base URL; the proxy spreads their requests
+//! over several Letta replicas, streams agent replies untouched and exposes what
+//! it sees as Prometheus metrics.
+//!
+//! ## Layout
+//!
+//! A request's way through the crate, outermost first:
+//!
+//! - [`server`]: accepts HTTP/1.1 and h2c connections, answers the proxy's own
+//!   paths (`/metrics`, `/-/healthy`, `/-/ready`), drains on shutdown.
+//! - [`proxy`]: forwards one request: header rules ([`proxy::headers`]), the
+//!   pooled client ([`proxy::client`]), bodies streamed both ways with the
+//!   in-flight slot released at the end of the response body ([`proxy::body`]).
+//! - [`routes`]: what a Letta path means: template for metrics, agent and block
+//!   ids, read vs write, streaming.
+//! - [`limit`]: backpressure: the proxy-wide cap, the bounded FIFO queue for
+//!   busy backends, per-agent write ordering.
+//! - [`backend`]: the live backend set, swapped atomically; per-backend state
+//!   (in flight, health, draining, latency).
+//! - [`health`]: active probes (threshold state machine + scheduler) and
+//!   passive outlier ejection.
+//! - [`balance`]: the selection strategies behind one small, pure trait.
+//! - [`error`]: the errors the proxy answers with and their one status mapping.
+//! - [`config`]: the TOML file, environment overrides, validation.
+//! - [`metrics`]: the Prometheus families.
+//! - [`standin`]: a stand-in Letta server for `--demo` and the tests.
+//!
+//! Tests and benches drive the library directly: [`serve`] takes an already
+//! bound listener and a shutdown future.
+
+#![forbid(unsafe_code)]
+
+pub mod backend;
+pub mod balance;
+pub mod config;
+pub mod error;
+pub mod health;
+pub mod limit;
+pub mod metrics;
+pub mod proxy;
+pub mod routes;
+pub mod server;
+pub mod standin;
+
+pub use config::Config;
+pub use proxy::Proxy;
+pub use server::{serve, serve_proxy, ServeError};

@@ -1,0 +1,72 @@
+//! The proxy-wide in-flight cap (`limits.max_in_flight`): past it, requests are
+//! shed at once with 503 rather than queued, because the proxy itself is the
+//! thing at risk (memory, file descriptors).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Counts requests in flight through the whole proxy.
+#[derive(Debug, Default)]
+pub struct GlobalLimit {
+    max: u64,
+    current: AtomicU64,
+}
+
+/// One request counted by a [`GlobalLimit`]; released on drop.
+#[derive(Debug)]
+pub struct GlobalPermit(Arc<GlobalLimit>);
+
+impl GlobalLimit {
+    /// A cap of `max` requests (0 = unlimited).
+    pub fn new(max: u64) -> GlobalLimit {
+        GlobalLimit {
+            max,
+            current: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes a permit unless the cap is reached.
+    pub fn try_acquire(self: &Arc<Self>) -> Option<GlobalPermit> {
+        if self.max == 0 {
+            self.current.fetch_add(1, Ordering::Relaxed);
+            return Some(GlobalPermit(self.clone()));
+        }
+        self.current
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| GlobalPermit(self.clone()))
+    }
+
+    /// Requests counted now.
+    pub fn current(&self) -> u64 {
+        self.current.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for GlobalPermit {
+    fn drop(&mut self) {
+        self.0.current.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_and_releases() {
+        let l = Arc::new(GlobalLimit::new(2));
+        let a = l.try_acquire().unwrap();
+        let _b = l.try_acquire().unwrap();
+        assert!(l.try_acquire().is_none());
+        drop(a);
+        assert!(l.try_acquire().is_some());
+        let unlimited = Arc::new(GlobalLimit::new(0));
+        let permits: Vec<_> = (0..100).map(|_| unlimited.try_acquire().unwrap()).collect();
+        assert_eq!(unlimited.current(), 100);
+        drop(permits);
+        assert_eq!(unlimited.current(), 0);
+    }
+}

@@ -1,0 +1,233 @@
+//! Prometheus metrics: one registry per proxy, families named after the
+//! OpenTelemetry HTTP conventions where one exists, `letta_proxy_*` otherwise.
+//!
+//! Per-backend handles are resolved once, when a backend is created
+//! ([`BackendMetrics`]), so the hot path never formats or hashes a backend label.
+//! Route labels are templates from [`crate::routes`], never raw paths.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Request duration buckets, 5 ms to 10 min: agent turns take minutes.
+const DURATION_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+
+/// Every metric family of one proxy instance.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// `http_server_request_duration_seconds{http_request_method, http_route, http_response_status_code, backend}`:
+    /// from request received until the response body ended (a stream counts whole).
+    pub request_duration: HistogramVec,
+    /// `http_server_active_requests`: requests whose response body has not ended yet.
+    pub active_requests: IntGauge,
+    backend_requests: IntCounterVec,
+    backend_in_flight: IntGaugeVec,
+    backend_errors: IntCounterVec,
+    backend_ttfb: HistogramVec,
+    backend_ejections: IntCounterVec,
+    /// `letta_proxy_queue_wait_seconds`: time requests waited for a backend slot.
+    pub queue_wait: Histogram,
+    /// `letta_proxy_rejections_total{reason}`: requests answered 503 by the limits.
+    pub rejections: IntCounterVec,
+    /// `letta_proxy_retries_total{reason}`: safe requests retried on another backend.
+    pub retries: IntCounterVec,
+    /// `letta_proxy_agent_write_wait_seconds`: time writes waited for their agent's earlier writes.
+    pub write_wait: Histogram,
+}
+
+impl Metrics {
+    /// Creates the families and registers them (plus the process collector on Linux).
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "http_server_request_duration_seconds",
+                "Duration of HTTP server requests, until the response body ended.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &[
+                "http_request_method",
+                "http_route",
+                "http_response_status_code",
+                "backend",
+            ],
+        )
+        .expect("valid metric");
+        let active_requests = IntGauge::new(
+            "http_server_active_requests",
+            "Requests in flight through the proxy (until the response body ends).",
+        )
+        .expect("valid metric");
+        let backend_requests = IntCounterVec::new(
+            Opts::new(
+                "letta_proxy_backend_requests_total",
+                "Responses received from each backend, by status class.",
+            ),
+            &["backend", "status_class"],
+        )
+        .expect("valid metric");
+        let backend_in_flight = IntGaugeVec::new(
+            Opts::new(
+                "letta_proxy_backend_in_flight",
+                "Requests in flight on each backend, counted until the response body ends.",
+            ),
+            &["backend"],
+        )
+        .expect("valid metric");
+        let backend_errors = IntCounterVec::new(
+            Opts::new(
+                "letta_proxy_backend_errors_total",
+                "Failed exchanges with each backend, by kind (connect, timeout, upstream, body).",
+            ),
+            &["backend", "kind"],
+        )
+        .expect("valid metric");
+        let backend_ttfb = HistogramVec::new(
+            HistogramOpts::new(
+                "letta_proxy_backend_time_to_first_byte_seconds",
+                "Time from sending a request to a backend until its response headers arrived.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["backend"],
+        )
+        .expect("valid metric");
+        let backend_ejections = IntCounterVec::new(
+            Opts::new(
+                "letta_proxy_backend_ejections_total",
+                "Times each backend was ejected by passive health checks.",
+            ),
+            &["backend"],
+        )
+        .expect("valid metric");
+        let queue_wait = Histogram::with_opts(
+            HistogramOpts::new(
+                "letta_proxy_queue_wait_seconds",
+                "Time requests waited in the queue for a backend slot (only requests that waited).",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        let rejections = IntCounterVec::new(
+            Opts::new(
+                "letta_proxy_rejections_total",
+                "Requests refused by the limits, by reason (queue_full, queue_timeout, global_limit, agent_write_timeout).",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let retries = IntCounterVec::new(
+            Opts::new(
+                "letta_proxy_retries_total",
+                "Requests sent again to another backend, by reason (connect, timeout, status, budget_exhausted counts refusals).",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let write_wait = Histogram::with_opts(
+            HistogramOpts::new(
+                "letta_proxy_agent_write_wait_seconds",
+                "Time writes waited for earlier writes to the same agent or block.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(request_duration.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(active_requests.clone()),
+            Box::new(backend_requests.clone()),
+            Box::new(backend_in_flight.clone()),
+            Box::new(backend_errors.clone()),
+            Box::new(backend_ttfb.clone()),
+            Box::new(backend_ejections.clone()),
+            Box::new(queue_wait.clone()),
+            Box::new(rejections.clone()),
+            Box::new(retries.clone()),
+            Box::new(write_wait.clone()),
+        ] {
+            registry.register(c).expect("unique metric names");
+        }
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("process collector registers once");
+        Metrics {
+            registry,
+            request_duration,
+            active_requests,
+            backend_requests,
+            backend_in_flight,
+            backend_errors,
+            backend_ttfb,
+            backend_ejections,
+            queue_wait,
+            rejections,
+            retries,
+            write_wait,
+        }
+    }
+
+    /// Resolves the label handles of one backend.
+    pub fn backend(&self, name: &str) -> BackendMetrics {
+        let class = |c: &str| self.backend_requests.with_label_values(&[name, c]);
+        let err = |k: &str| self.backend_errors.with_label_values(&[name, k]);
+        BackendMetrics {
+            responses: [
+                class("1xx"),
+                class("2xx"),
+                class("3xx"),
+                class("4xx"),
+                class("5xx"),
+            ],
+            in_flight: self.backend_in_flight.with_label_values(&[name]),
+            connect_errors: err("connect"),
+            timeouts: err("timeout"),
+            upstream_errors: err("upstream"),
+            body_errors: err("body"),
+            ttfb: self.backend_ttfb.with_label_values(&[name]),
+            ejections: self.backend_ejections.with_label_values(&[name]),
+        }
+    }
+
+    /// The Prometheus text exposition of every family.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding of gathered metrics cannot fail");
+        String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// Pre-resolved metric handles of one backend.
+#[derive(Clone)]
+pub struct BackendMetrics {
+    responses: [IntCounter; 5],
+    /// Requests in flight (mirrors the balancer's own counter).
+    pub in_flight: IntGauge,
+    pub connect_errors: IntCounter,
+    pub timeouts: IntCounter,
+    pub upstream_errors: IntCounter,
+    pub body_errors: IntCounter,
+    pub ttfb: Histogram,
+    pub ejections: IntCounter,
+}
+
+impl BackendMetrics {
+    /// Counts one response with `status` from this backend.
+    pub fn response(&self, status: u16) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        self.responses[class].inc();
+    }
+}

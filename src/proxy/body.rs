@@ -1,0 +1,368 @@
+//! Bodies in both directions, streamed frame by frame and never collected.
+//!
+//! [`RequestBody`] lets a request whose connection attempt failed go to another
+//! backend: the client's body sits in a shared slot and is taken out only when a
+//! connected backend first polls it. A connect error means it was never polled,
+//! so the next attempt finds it still there; once polled, it is gone, and the
+//! request can never be sent twice.
+//!
+//! [`ResponseBody`] carries the backend's body to the client with the request's
+//! in-flight slot and its completion record inside: both end exactly when the
+//! body ends, errors, or is dropped because the client left. It also enforces
+//! `body_idle_timeout` between frames (no total deadline: streams may be long).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{LengthLimitError, Limited};
+use hyper::body::Incoming;
+use tokio::time::Sleep;
+
+use crate::backend::InFlight;
+use crate::error::BoxError;
+use crate::limit::global::GlobalPermit;
+use crate::limit::ordering::WriteTurn;
+
+/// What a request holds until its response body ends: its backend slot, its
+/// agent's write turn, its place under the global cap.
+#[derive(Debug)]
+pub struct Holds {
+    pub in_flight: InFlight,
+    pub write_turn: Option<WriteTurn>,
+    pub global: Option<GlobalPermit>,
+}
+
+type ClientBody = Limited<InboundBody>;
+
+/// A request body as it reaches the proxy service: straight from the client
+/// connection, or already in memory (a layer in front read it, e.g. to hash it).
+pub enum InboundBody {
+    Incoming(Incoming),
+    Buffered(Option<Bytes>),
+}
+
+impl From<Incoming> for InboundBody {
+    fn from(b: Incoming) -> Self {
+        InboundBody::Incoming(b)
+    }
+}
+
+impl From<Bytes> for InboundBody {
+    fn from(b: Bytes) -> Self {
+        InboundBody::Buffered(Some(b))
+    }
+}
+
+impl Body for InboundBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut *self {
+            InboundBody::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            InboundBody::Buffered(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            InboundBody::Incoming(b) => b.is_end_stream(),
+            InboundBody::Buffered(b) => b.as_ref().is_none_or(|b| b.is_empty()),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            InboundBody::Incoming(b) => b.size_hint(),
+            InboundBody::Buffered(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            InboundBody::Buffered(None) => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// A client's request body on its way to a backend.
+pub struct RequestBody {
+    state: ReqState,
+    hint: SizeHint,
+}
+
+enum ReqState {
+    Empty,
+    /// A body kept in memory so a safe request can be sent again.
+    Replay(Option<Bytes>),
+    /// Not yet taken from the slot (nothing sent yet).
+    Waiting(Arc<Mutex<Option<ClientBody>>>),
+    Taken(ClientBody),
+    Done,
+}
+
+/// The slot shared by every attempt at sending one request.
+#[derive(Clone)]
+pub struct BodySlot {
+    slot: Option<Arc<Mutex<Option<ClientBody>>>>,
+    replay: Option<Bytes>,
+    hint: SizeHint,
+}
+
+impl BodySlot {
+    /// Wraps the client's body, limited to `max` bytes.
+    pub fn new(body: InboundBody, max: u64) -> BodySlot {
+        if body.is_end_stream() {
+            return BodySlot {
+                slot: None,
+                replay: None,
+                hint: SizeHint::with_exact(0),
+            };
+        }
+        if let InboundBody::Buffered(Some(bytes)) = &body {
+            if bytes.len() as u64 <= max {
+                let hint = SizeHint::with_exact(bytes.len() as u64);
+                return BodySlot {
+                    slot: None,
+                    replay: Some(bytes.clone()),
+                    hint,
+                };
+            }
+        }
+        let hint = body.size_hint();
+        let limited = Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX));
+        BodySlot {
+            slot: Some(Arc::new(Mutex::new(Some(limited)))),
+            replay: None,
+            hint,
+        }
+    }
+
+    /// Whether the body was already taken by an attempt that reached a backend
+    /// (a streamed body can then never be sent again).
+    pub fn is_spent(&self) -> bool {
+        match &self.slot {
+            None => false,
+            Some(s) => s.lock().expect("body slot poisoned").is_none(),
+        }
+    }
+
+    /// Whether every attempt can send the whole body (empty or held in memory).
+    pub fn is_replayable(&self) -> bool {
+        self.slot.is_none()
+    }
+
+    /// A body for one attempt.
+    pub fn attempt(&self) -> RequestBody {
+        let state = match (&self.slot, &self.replay) {
+            (Some(s), _) => ReqState::Waiting(s.clone()),
+            (None, Some(b)) => ReqState::Replay(Some(b.clone())),
+            (None, None) => ReqState::Empty,
+        };
+        RequestBody {
+            state,
+            hint: self.hint,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            match &mut this.state {
+                ReqState::Empty | ReqState::Done => return Poll::Ready(None),
+                ReqState::Replay(b) => return Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+                ReqState::Waiting(slot) => {
+                    let taken = slot.lock().expect("body slot poisoned").take();
+                    this.state = match taken {
+                        Some(body) => ReqState::Taken(body),
+                        // Another attempt took it: this one must not send anything.
+                        None => return Poll::Ready(Some(Err("request body already sent".into()))),
+                    };
+                }
+                ReqState::Taken(body) => {
+                    let frame = ready!(Pin::new(body).poll_frame(cx));
+                    if frame.is_none() {
+                        this.state = ReqState::Done;
+                    }
+                    return Poll::Ready(frame);
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.state {
+            ReqState::Empty | ReqState::Done => true,
+            ReqState::Replay(b) => b.is_none(),
+            ReqState::Waiting(_) => false,
+            ReqState::Taken(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.hint
+    }
+}
+
+/// Whether `err` (from the client) was caused by the body exceeding its limit.
+pub fn is_body_too_large(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if e.is::<LengthLimitError>() {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
+/// Called exactly once when a response is finished (body ended, failed or dropped).
+pub trait OnComplete: Send + 'static {
+    /// `ok` is false when the body failed or was cut short.
+    fn complete(self: Box<Self>, ok: bool);
+}
+
+/// The response a client receives.
+pub enum ResponseBody {
+    /// A complete body held in memory (proxy-made answers, cache hits).
+    Full(Option<Bytes>),
+    /// A backend's body, streamed.
+    Upstream(Box<Streamed>),
+}
+
+/// A backend body in flight, with what must happen when it ends.
+pub struct Streamed {
+    inner: Incoming,
+    idle_timeout: Duration,
+    idle: Option<Pin<Box<Sleep>>>,
+    /// Released on drop, i.e. when the body ends or the client goes away.
+    holds: Option<Holds>,
+    on_complete: Option<Box<dyn OnComplete>>,
+}
+
+impl ResponseBody {
+    /// A complete in-memory body.
+    pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
+        ResponseBody::Full(Some(bytes.into()))
+    }
+
+    /// A backend's body, keeping `holds` and calling `on_complete` at its end.
+    pub fn upstream(
+        inner: Incoming,
+        idle_timeout: Duration,
+        holds: Holds,
+        on_complete: Box<dyn OnComplete>,
+    ) -> ResponseBody {
+        let mut s = Streamed {
+            inner,
+            idle_timeout,
+            idle: None,
+            holds: Some(holds),
+            on_complete: Some(on_complete),
+        };
+        if s.inner.is_end_stream() {
+            s.finish(true);
+        }
+        ResponseBody::Upstream(Box::new(s))
+    }
+}
+
+impl Streamed {
+    fn finish(&mut self, ok: bool) {
+        self.holds = None;
+        self.idle = None;
+        if let Some(done) = self.on_complete.take() {
+            done.complete(ok);
+        }
+    }
+}
+
+impl Drop for Streamed {
+    fn drop(&mut self) {
+        // The client went away (or hyper stopped polling) before the end.
+        self.finish(false);
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut *self {
+            ResponseBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ResponseBody::Upstream(s) => s.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Full(b) => b.is_none(),
+            ResponseBody::Upstream(s) => s.on_complete.is_none() || s.inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            ResponseBody::Full(None) => SizeHint::with_exact(0),
+            ResponseBody::Upstream(s) => s.inner.size_hint(),
+        }
+    }
+}
+
+impl Streamed {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.on_complete.is_none() {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                // Progress: push the idle deadline back.
+                if let Some(idle) = self.idle.as_mut() {
+                    idle.as_mut()
+                        .reset((Instant::now() + self.idle_timeout).into());
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.finish(false);
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => {
+                self.finish(true);
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                let timeout = self.idle_timeout;
+                let idle = self
+                    .idle
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if idle.as_mut().poll(cx).is_ready() {
+                    self.finish(false);
+                    return Poll::Ready(Some(Err(BodyIdleTimeout(timeout).into())));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// The backend went silent inside a response body for longer than `body_idle_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("backend sent nothing for {0:?} inside a response body")]
+pub struct BodyIdleTimeout(pub Duration);

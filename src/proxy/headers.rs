@@ -1,0 +1,244 @@
+//! Header rules of a forwarding proxy (RFC 9110 §7.6.1), done in place on the
+//! request's own `HeaderMap` so nothing is copied.
+//!
+//! - hop-by-hop headers go: `Connection` and every header it names, `Keep-Alive`,
+//!   `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`, `Proxy-*`;
+//! - `X-Forwarded-For` gets the client address appended; `X-Forwarded-Proto` and
+//!   `X-Forwarded-Host` are set unless an outer proxy already set them;
+//! - `x-request-id` is kept when the client sent one and generated otherwise;
+//! - everything else (`Authorization`, `User-Agent`, `X-Stainless-*`, `X-Project`)
+//!   passes untouched: Letta varies its answers on them.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::Authority;
+use rand::RngCore;
+
+/// `x-request-id`.
+pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// `x-letta-proxy-backend`: which replica answered.
+pub static BACKEND: HeaderName = HeaderName::from_static("x-letta-proxy-backend");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Removes hop-by-hop headers, including those `Connection` names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Fast path: most requests carry none of them.
+    if let Some(conn) = headers.get(header::CONNECTION) {
+        if conn.as_bytes().eq_ignore_ascii_case(b"keep-alive")
+            || conn.as_bytes().eq_ignore_ascii_case(b"close")
+        {
+            // Only the header itself; `keep-alive` is removed below anyway.
+        } else {
+            let named: Vec<HeaderName> = headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+                .collect();
+            for name in named {
+                headers.remove(&name);
+            }
+        }
+        headers.remove(header::CONNECTION);
+    }
+    for name in [
+        &KEEP_ALIVE,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+        &PROXY_CONNECTION,
+        &header::PROXY_AUTHORIZATION,
+        &header::PROXY_AUTHENTICATE,
+    ] {
+        if headers.contains_key(name) {
+            headers.remove(name);
+        }
+    }
+}
+
+/// Appends the client address to `X-Forwarded-For`, and sets `-Proto` / `-Host`
+/// when no outer proxy set them.
+pub fn add_forwarded(headers: &mut HeaderMap, client_ip: IpAddr, host: Option<&HeaderValue>) {
+    let mut ip_buf = [0u8; 64];
+    let ip = format_ip(client_ip, &mut ip_buf);
+    let xff = match headers.get(&X_FORWARDED_FOR) {
+        Some(prev) if !prev.is_empty() => {
+            let mut v = Vec::with_capacity(prev.len() + 2 + ip.len());
+            v.extend_from_slice(prev.as_bytes());
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(ip);
+            HeaderValue::from_bytes(&v)
+        }
+        _ => HeaderValue::from_bytes(ip),
+    };
+    if let Ok(xff) = xff {
+        headers.insert(X_FORWARDED_FOR.clone(), xff);
+    }
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    }
+    if let Some(host) = host {
+        if !headers.contains_key(&X_FORWARDED_HOST) {
+            headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+        }
+    }
+}
+
+fn format_ip(ip: IpAddr, buf: &mut [u8; 64]) -> &[u8] {
+    use std::io::Write;
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    // An IPv6 address is at most 45 bytes: always fits.
+    let _ = write!(cursor, "{ip}");
+    let n = cursor.position() as usize;
+    &buf[..n]
+}
+
+/// Returns the request's `x-request-id`, inserting a fresh random one when absent.
+pub fn ensure_request_id(headers: &mut HeaderMap, rng: &mut dyn RngCore) -> HeaderValue {
+    if let Some(id) = headers.get(&REQUEST_ID) {
+        if !id.is_empty() {
+            return id.clone();
+        }
+    }
+    let id = new_request_id(rng);
+    headers.insert(REQUEST_ID.clone(), id.clone());
+    id
+}
+
+/// 32 lowercase hex digits (128 random bits).
+pub fn new_request_id(rng: &mut dyn RngCore) -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut raw = [0u8; 16];
+    rng.fill_bytes(&mut raw);
+    let mut out = [0u8; 32];
+    for (i, b) in raw.iter().enumerate() {
+        out[2 * i] = HEX[(b >> 4) as usize];
+        out[2 * i + 1] = HEX[(b & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&out).expect("hex is a valid header value")
+}
+
+/// Rewrites an absolute `Location` that points at `backend` so it points at the
+/// address the client used (`client_host`). Letta builds its trailing-slash 307s
+/// from `Host`; with `preserve_host` off, or behind another proxy, they would name
+/// the replica. Relative locations and other hosts are left alone.
+pub fn rewrite_location(
+    headers: &mut HeaderMap,
+    backend: &Authority,
+    client_host: Option<&HeaderValue>,
+) {
+    let Some(host) = client_host.and_then(|h| h.to_str().ok()) else {
+        return;
+    };
+    let Some(loc) = headers.get(header::LOCATION).and_then(|l| l.to_str().ok()) else {
+        return;
+    };
+    let Some(rest) = loc.strip_prefix("http://") else {
+        return;
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    if !authority.eq_ignore_ascii_case(backend.as_str()) {
+        return;
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("http://{host}{path}")) {
+        headers.insert(header::LOCATION, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_removed() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-secret-hop"),
+            ("x-secret-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("trailer", "x-t"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("proxy-authorization", "Basic x"),
+            ("proxy-connection", "keep-alive"),
+            ("authorization", "Bearer tok"),
+            ("user-agent", "Letta/Python 1.0"),
+            ("x-stainless-os", "Linux"),
+            ("x-project", "p"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(
+            left,
+            ["authorization", "user-agent", "x-project", "x-stainless-os"]
+        );
+        assert_eq!(h["authorization"], "Bearer tok");
+    }
+
+    #[test]
+    fn forwarded_headers_append_and_keep_outer_values() {
+        let mut h = map(&[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        let host = HeaderValue::from_static("proxy.example:8300");
+        add_forwarded(&mut h, "127.0.0.1".parse().unwrap(), Some(&host));
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "proxy.example:8300");
+        let mut h = HeaderMap::new();
+        add_forwarded(&mut h, "::1".parse().unwrap(), None);
+        assert_eq!(h["x-forwarded-for"], "::1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+    }
+
+    #[test]
+    fn request_id_is_kept_or_generated() {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(1);
+        let mut h = map(&[("x-request-id", "abc")]);
+        assert_eq!(ensure_request_id(&mut h, &mut rng), "abc");
+        let mut h = HeaderMap::new();
+        let id = ensure_request_id(&mut h, &mut rng);
+        assert_eq!(id.len(), 32);
+        assert_eq!(h["x-request-id"], id);
+        assert_ne!(new_request_id(&mut rng), new_request_id(&mut rng));
+    }
+
+    #[test]
+    fn location_pointing_at_the_backend_is_rewritten_to_the_client_host() {
+        let backend: Authority = "127.0.0.1:8283".parse().unwrap();
+        let host = HeaderValue::from_static("localhost:8300");
+        let mut h = map(&[("location", "http://127.0.0.1:8283/v1/agents/?limit=5")]);
+        rewrite_location(&mut h, &backend, Some(&host));
+        assert_eq!(h["location"], "http://localhost:8300/v1/agents/?limit=5");
+        for other in [
+            "/v1/agents/",
+            "http://elsewhere:1/x",
+            "https://127.0.0.1:8283/x",
+        ] {
+            let mut h = map(&[("location", other)]);
+            rewrite_location(&mut h, &backend, Some(&host));
+            assert_eq!(h["location"], other);
+        }
+    }
+}

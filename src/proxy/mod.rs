@@ -1,0 +1,568 @@
+//! Forwarding: one request in, one backend chosen, the answer streamed back.
+//!
+//! [`Proxy::forward`] is the whole path of a proxied request:
+//! classify the route → prepare headers in place → pick a backend and take an
+//! in-flight slot → send over the pooled client (a refused connection moves on to
+//! the next backend: nothing was sent) → rewrite the response headers → hand the
+//! body to the client with the slot inside, released when the body ends.
+
+pub mod body;
+pub mod client;
+pub mod headers;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::uri::{PathAndQuery, Uri};
+use http::{Method, Request, Response, Version};
+use hyper::body::Incoming;
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+use tower::retry::budget::{Budget, TpsBudget};
+
+use crate::backend::{Backend, Upstreams};
+use crate::balance::PickRequest;
+use crate::config::Config;
+use crate::error::ProxyError;
+use crate::limit::global::GlobalLimit;
+use crate::limit::ordering::WriteOrdering;
+use crate::limit::queue::QueueError;
+use crate::metrics::Metrics;
+use crate::routes::{self, Route};
+use body::{BodySlot, Holds, InboundBody, OnComplete, ResponseBody};
+
+/// The client's address, put in request extensions by the server.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// The proxy as a tower service, so layers (the cache) can wrap it.
+#[derive(Clone)]
+pub struct ProxyService(pub Arc<Proxy>);
+
+impl tower::Service<Request<InboundBody>> for ProxyService {
+    type Response = Response<ResponseBody>;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        // Backpressure is applied per request (backend caps, queue), not here:
+        // a full backend must not stall requests bound for another.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<InboundBody>) -> Self::Future {
+        let proxy = self.0.clone();
+        Box::pin(async move { Ok(proxy.forward(req).await) })
+    }
+}
+
+/// Everything a request needs, shared by every connection.
+pub struct Proxy {
+    pub config: Arc<Config>,
+    pub upstreams: Arc<Upstreams>,
+    pub metrics: Metrics,
+    client: client::UpstreamClient,
+    global: Arc<GlobalLimit>,
+    writes: Arc<WriteOrdering>,
+    retry_budget: TpsBudget,
+    affinity_header: Option<HeaderName>,
+}
+
+thread_local! {
+    // Per-thread RNG for balancing and request ids: no lock, no syscall per request.
+    static RNG: std::cell::RefCell<SmallRng> = std::cell::RefCell::new(SmallRng::from_os_rng());
+}
+
+fn with_rng<T>(f: impl FnOnce(&mut SmallRng) -> T) -> T {
+    RNG.with(|r| f(&mut r.borrow_mut()))
+}
+
+/// A backend's answer, with what the request holds until its body ends.
+struct Forwarded {
+    resp: Response<Incoming>,
+    backend: Arc<Backend>,
+    holds: Holds,
+}
+
+/// Why the current attempt will be retried on another backend.
+enum Retry {
+    Connect,
+    Status,
+    Timeout,
+    Error,
+}
+
+impl Retry {
+    fn label(&self) -> &'static str {
+        match self {
+            Retry::Connect => "connect",
+            Retry::Status => "status",
+            Retry::Timeout => "timeout",
+            Retry::Error => "error",
+        }
+    }
+}
+
+impl Proxy {
+    /// Builds the proxy for `config`.
+    pub fn new(config: Config) -> Proxy {
+        let metrics = Metrics::new();
+        let upstreams = Arc::new(Upstreams::new(&config, metrics.clone()));
+        let client = client::build(&config.server);
+        let limits = &config.limits;
+        let retry_budget = TpsBudget::new(
+            Duration::from_secs(10),
+            limits.retry_min_per_second,
+            limits.retry_budget_percent as f32 / 100.0,
+        );
+        let affinity_header =
+            HeaderName::from_bytes(config.balancer.affinity_header.as_bytes()).ok();
+        Proxy {
+            global: Arc::new(GlobalLimit::new(limits.max_in_flight)),
+            writes: WriteOrdering::new(),
+            retry_budget,
+            affinity_header,
+            config: Arc::new(config),
+            upstreams,
+            metrics,
+            client,
+        }
+    }
+
+    /// Forwards `req` to a backend and returns the backend's answer (or the
+    /// proxy's own error answer). The client address comes from [`ClientAddr`].
+    pub async fn forward(&self, req: Request<InboundBody>) -> Response<ResponseBody> {
+        let start = Instant::now();
+        self.metrics.active_requests.inc();
+        let peer = req
+            .extensions()
+            .get::<ClientAddr>()
+            .map(|c| c.0)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let (mut parts, body) = req.into_parts();
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let route = routes::classify(path_and_query.path());
+        let request_id = with_rng(|rng| headers::ensure_request_id(&mut parts.headers, rng));
+        let done = Completion {
+            metrics: self.metrics.clone(),
+            start,
+            method: parts.method.clone(),
+            route: route.template,
+            recorded: false,
+        };
+
+        let result = self
+            .send(&mut parts, body, &path_and_query, &route, peer)
+            .await;
+        let mut resp = match result {
+            Ok(Forwarded {
+                resp,
+                backend,
+                holds,
+            }) => {
+                let status = resp.status();
+                let (rparts, rbody) = resp.into_parts();
+                let on_complete = Box::new(done.for_backend(status.as_u16(), backend));
+                let body = ResponseBody::upstream(
+                    rbody,
+                    self.config.server.body_idle_timeout,
+                    holds,
+                    on_complete,
+                );
+                Response::from_parts(rparts, body)
+            }
+            Err(err) => {
+                tracing::debug!(error = %err, request_id = ?request_id, "proxy error");
+                let status = err.status().as_u16();
+                Box::new(done.for_backend_name(status, "none")).complete(true);
+                err.to_response().map(ResponseBody::full)
+            }
+        };
+        resp.headers_mut()
+            .insert(headers::REQUEST_ID.clone(), request_id);
+        resp
+    }
+
+    /// Applies the limits, picks backends and sends until one answers, or fails
+    /// with the error to show.
+    async fn send(
+        &self,
+        parts: &mut http::request::Parts,
+        body: InboundBody,
+        path_and_query: &PathAndQuery,
+        route: &Route<'_>,
+        peer: SocketAddr,
+    ) -> Result<Forwarded, ProxyError> {
+        let server = &self.config.server;
+        let limits = &self.config.limits;
+        let global = self.global.try_acquire();
+        if global.is_none() {
+            self.metrics
+                .rejections
+                .with_label_values(&["global_limit"])
+                .inc();
+            return Err(ProxyError::Overloaded(
+                "the proxy is at limits.max_in_flight",
+            ));
+        }
+        if let Some(len) = content_length(&parts.headers) {
+            if len > server.max_body_size {
+                return Err(ProxyError::BodyTooLarge {
+                    limit: server.max_body_size,
+                });
+            }
+        }
+        // The host the client addressed: `Host` for HTTP/1, `:authority` for h2.
+        let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        headers::strip_hop_by_hop(&mut parts.headers);
+        headers::add_forwarded(&mut parts.headers, peer.ip(), client_host.as_ref());
+        if server.preserve_host {
+            if let Some(h) = &client_host {
+                parts.headers.insert(header::HOST, h.clone());
+            }
+        } else {
+            parts.headers.remove(header::HOST);
+        }
+
+        let is_read = route.is_read(&parts.method);
+        // Writes to one agent or block wait for the earlier ones (before taking a
+        // backend slot, so waiting writes do not occupy backends).
+        let write_turn = match (
+            limits.serialize_agent_writes && !is_read,
+            route.agent_id.or(route.block_id),
+        ) {
+            (true, Some(key)) => {
+                let waited = Instant::now();
+                let turn = self.writes.turn(key, limits.agent_write_timeout).await;
+                self.metrics
+                    .write_wait
+                    .observe(waited.elapsed().as_secs_f64());
+                if turn.is_none() {
+                    self.metrics
+                        .rejections
+                        .with_label_values(&["agent_write_timeout"])
+                        .inc();
+                    return Err(ProxyError::Overloaded(
+                        "earlier writes to this agent are still running",
+                    ));
+                }
+                turn
+            }
+            _ => None,
+        };
+
+        // Safe requests with a small body are read into memory so they can be retried.
+        let body = match (is_read, content_length(&parts.headers)) {
+            (true, Some(len)) if len > 0 && len <= limits.retry_max_body => buffer(body).await?,
+            _ => body,
+        };
+        let slot = BodySlot::new(body, server.max_body_size);
+        // Owned: `parts.headers` is handed to the backend below.
+        let header_agent: Option<String> = match route.agent_id {
+            Some(_) => None,
+            None => self
+                .affinity_header
+                .as_ref()
+                .and_then(|h| parts.headers.get(h))
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        };
+        let pick = PickRequest {
+            agent_id: route.agent_id.or(header_agent.as_deref()),
+        };
+        let backend_count = self.upstreams.load().backends.len();
+        self.retry_budget.deposit();
+        let mut tried: Vec<usize> = Vec::new();
+        let mut retried = false;
+        let mut last_err: Option<ProxyError> = None;
+        let mut write_turn = write_turn;
+        let mut global = global;
+        loop {
+            let acquired = self
+                .upstreams
+                .queue
+                .acquire(|| with_rng(|rng| self.upstreams.try_acquire(&pick, &tried, rng)))
+                .await;
+            let (index, in_flight) = match acquired {
+                Ok(((i, slot_guard), waited)) => {
+                    if !waited.is_zero() {
+                        self.metrics.queue_wait.observe(waited.as_secs_f64());
+                    }
+                    (i, slot_guard)
+                }
+                Err(e) => {
+                    if let Some(err) = last_err {
+                        return Err(err);
+                    }
+                    return Err(match e {
+                        QueueError::Unusable => ProxyError::NoBackend,
+                        QueueError::Full => {
+                            self.metrics
+                                .rejections
+                                .with_label_values(&["queue_full"])
+                                .inc();
+                            ProxyError::Overloaded(
+                                "every backend is at its limit and the queue is full",
+                            )
+                        }
+                        QueueError::TimedOut => {
+                            self.metrics
+                                .rejections
+                                .with_label_values(&["queue_timeout"])
+                                .inc();
+                            ProxyError::Overloaded(
+                                "every backend stayed at its limit for limits.queue_timeout",
+                            )
+                        }
+                    });
+                }
+            };
+            let backend = in_flight.backend().clone();
+            tried.push(index);
+            let others_left = tried.len() < backend_count;
+            // Safe, replayable, not yet retried, budget permitting: worth another backend.
+            let may_retry_safely = is_read && slot.is_replayable() && !retried && others_left;
+            let up = self.upstream_request(parts, path_and_query, &backend, &slot, others_left)?;
+            let sent_at = Instant::now();
+            let outcome =
+                tokio::time::timeout(server.response_header_timeout, self.client.request(up)).await;
+            let elapsed = sent_at.elapsed();
+            let now = self.upstreams.now_ns();
+            let retry = match outcome {
+                Ok(Ok(mut resp)) => {
+                    let status = resp.status();
+                    backend.metrics.ttfb.observe(elapsed.as_secs_f64());
+                    backend.metrics.response(status.as_u16());
+                    if status.is_server_error() {
+                        backend.latency.observe_error(elapsed, now);
+                        self.upstreams.record_failure(&backend);
+                    } else {
+                        backend.latency.observe(elapsed, now);
+                        self.upstreams.record_success(&backend);
+                    }
+                    let retryable_status = matches!(status.as_u16(), 502..=504);
+                    if retryable_status && may_retry_safely && self.retry_budget.withdraw() {
+                        Retry::Status
+                    } else {
+                        let h = resp.headers_mut();
+                        headers::strip_hop_by_hop(h);
+                        headers::rewrite_location(h, &backend.url.authority, client_host.as_ref());
+                        h.insert(headers::BACKEND.clone(), backend.name_header.clone());
+                        let holds = Holds {
+                            in_flight,
+                            write_turn: write_turn.take(),
+                            global: global.take(),
+                        };
+                        return Ok(Forwarded {
+                            resp,
+                            backend,
+                            holds,
+                        });
+                    }
+                }
+                Ok(Err(err)) if err.is_connect() && !slot.is_spent() => {
+                    // Nothing reached the backend: the next one may have it, whatever the method.
+                    backend.metrics.connect_errors.inc();
+                    backend.latency.observe_error(elapsed, now);
+                    self.upstreams.record_failure(&backend);
+                    tracing::warn!(backend = %backend.name, error = %err, "backend unreachable");
+                    last_err = Some(ProxyError::Connect {
+                        backend: backend.name.to_string(),
+                        source: Box::new(err),
+                    });
+                    if !others_left {
+                        return Err(last_err.take().expect("just set"));
+                    }
+                    Retry::Connect
+                }
+                Ok(Err(err)) => {
+                    if body::is_body_too_large(&err) {
+                        return Err(ProxyError::BodyTooLarge {
+                            limit: server.max_body_size,
+                        });
+                    }
+                    backend.metrics.upstream_errors.inc();
+                    backend.latency.observe_error(elapsed, now);
+                    self.upstreams.record_failure(&backend);
+                    tracing::warn!(backend = %backend.name, error = %err, "backend failed");
+                    let e = ProxyError::Upstream {
+                        backend: backend.name.to_string(),
+                        source: Box::new(err),
+                    };
+                    if !(may_retry_safely && self.retry_budget.withdraw()) {
+                        return Err(e);
+                    }
+                    last_err = Some(e);
+                    Retry::Error
+                }
+                Err(_elapsed) => {
+                    backend.metrics.timeouts.inc();
+                    backend.latency.observe_error(elapsed, now);
+                    self.upstreams.record_failure(&backend);
+                    let e = ProxyError::Timeout {
+                        backend: backend.name.to_string(),
+                        what: "no response headers in time",
+                    };
+                    if !(may_retry_safely && self.retry_budget.withdraw()) {
+                        return Err(e);
+                    }
+                    last_err = Some(e);
+                    Retry::Timeout
+                }
+            };
+            if !matches!(retry, Retry::Connect) {
+                retried = true;
+            }
+            self.metrics
+                .retries
+                .with_label_values(&[retry.label()])
+                .inc();
+            tracing::debug!(backend = %backend.name, reason = retry.label(), "retrying on another backend");
+        }
+    }
+
+    /// The request as sent to `backend`: same method, path and query byte for
+    /// byte, prepared headers (moved on the last possible attempt, copied otherwise).
+    fn upstream_request(
+        &self,
+        parts: &mut http::request::Parts,
+        path_and_query: &PathAndQuery,
+        backend: &Backend,
+        slot: &BodySlot,
+        may_retry: bool,
+    ) -> Result<Request<body::RequestBody>, ProxyError> {
+        let uri = Uri::builder()
+            .scheme(backend.url.scheme.clone())
+            .authority(backend.url.authority.clone())
+            .path_and_query(path_and_query.clone())
+            .build()
+            .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
+        let mut up = Request::new(slot.attempt());
+        *up.method_mut() = parts.method.clone();
+        *up.uri_mut() = uri;
+        *up.version_mut() = Version::HTTP_11;
+        *up.headers_mut() = if may_retry {
+            parts.headers.clone()
+        } else {
+            std::mem::take(&mut parts.headers)
+        };
+        Ok(up)
+    }
+
+    /// Agents and blocks with writes running or waiting now.
+    pub fn agents_being_written(&self) -> usize {
+        self.writes.active_keys()
+    }
+}
+
+/// Reads a small request body into memory (its length is known and capped).
+async fn buffer(body: InboundBody) -> Result<InboundBody, ProxyError> {
+    use http_body_util::BodyExt;
+    match body.collect().await {
+        Ok(c) => Ok(InboundBody::from(c.to_bytes())),
+        Err(_) => Err(ProxyError::BadRequest("the request body could not be read")),
+    }
+}
+
+fn content_length(h: &http::HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// Records a finished request in the metrics, exactly once: by [`Done`] when the
+/// response ends, or on drop with status 499 when the client left before the
+/// response started (nginx's "client closed request").
+struct Completion {
+    metrics: Metrics,
+    start: Instant,
+    method: Method,
+    route: &'static str,
+    recorded: bool,
+}
+
+impl Completion {
+    fn for_backend(self, status: u16, backend: Arc<Backend>) -> Done {
+        Done {
+            c: self,
+            status,
+            backend: BackendLabel::Backend(backend),
+        }
+    }
+    fn for_backend_name(self, status: u16, name: &'static str) -> Done {
+        Done {
+            c: self,
+            status,
+            backend: BackendLabel::Static(name),
+        }
+    }
+
+    fn record(&mut self, status: u16, backend: &str) {
+        if std::mem::replace(&mut self.recorded, true) {
+            return;
+        }
+        let status_digits = status_digits(status);
+        let status = std::str::from_utf8(&status_digits).unwrap_or("000");
+        self.metrics
+            .request_duration
+            .with_label_values(&[self.method.as_str(), self.route, status, backend])
+            .observe(self.start.elapsed().as_secs_f64());
+        self.metrics.active_requests.dec();
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        self.record(499, "none");
+    }
+}
+
+enum BackendLabel {
+    Backend(Arc<Backend>),
+    Static(&'static str),
+}
+
+struct Done {
+    c: Completion,
+    status: u16,
+    backend: BackendLabel,
+}
+
+impl OnComplete for Done {
+    fn complete(mut self: Box<Self>, ok: bool) {
+        let status = self.status;
+        match &self.backend {
+            BackendLabel::Backend(b) => {
+                if !ok {
+                    b.metrics.body_errors.inc();
+                }
+                let b = b.clone();
+                self.c.record(status, &b.name);
+            }
+            BackendLabel::Static(s) => self.c.record(status, s),
+        }
+    }
+}
+
+fn status_digits(s: u16) -> [u8; 3] {
+    let s = s.min(999);
+    [
+        b'0' + (s / 100) as u8,
+        b'0' + (s / 10 % 10) as u8,
+        b'0' + (s % 10) as u8,
+    ]
+}

@@ -1,0 +1,137 @@
+//! Listeners and lifecycle: accept connections (HTTP/1.1 and h2c on one port),
+//! route proxy-owned paths, forward the rest, and shut down gracefully.
+//!
+//! Shutdown: stop accepting, tell every connection to finish its current
+//! exchanges (HTTP/1 keep-alive off, HTTP/2 GOAWAY), and wait up to
+//! `server.shutdown_grace` for in-flight requests and streams to end.
+
+mod endpoints;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::config::Config;
+use crate::proxy::body::{InboundBody, ResponseBody};
+use crate::proxy::{ClientAddr, Proxy};
+
+/// Why the server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs the proxy on `listener` with `config` until `shutdown` resolves, then
+/// drains for up to `server.shutdown_grace`.
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let proxy = Arc::new(Proxy::new(config));
+    serve_proxy(listener, proxy, shutdown).await
+}
+
+/// Like [`serve`], with a proxy the caller built (and can inspect).
+pub async fn serve_proxy(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let cfg = &proxy.config.server;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.client_header_timeout)
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
+    let graceful = GracefulShutdown::new();
+    let connections = Arc::new(Semaphore::new(cfg.max_connections));
+    let grace = cfg.shutdown_grace;
+    let stop_background = tokio_util::sync::CancellationToken::new();
+    let health = proxy.config.health.enabled.then(|| {
+        crate::health::spawn(
+            proxy.upstreams.clone(),
+            proxy.config.health.clone(),
+            stop_background.clone(),
+        )
+    });
+    tokio::pin!(shutdown);
+
+    loop {
+        // At the connection cap, stop accepting: the kernel backlog holds the rest.
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            p = connections.clone().acquire_owned() => p.expect("semaphore never closed"),
+        };
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            r = listener.accept() => match r {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let proxy = proxy.clone();
+        let svc = service_fn(move |req| {
+            let proxy = proxy.clone();
+            async move { Ok::<_, Infallible>(handle(&proxy, req, peer).await) }
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), svc)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+
+    drop(listener);
+    stop_background.cancel();
+    if let Some(h) = health {
+        let _ = h.await;
+    }
+    tracing::info!(grace = ?grace, "shutting down: draining in-flight requests");
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown grace period over; closing remaining connections");
+    }
+    Ok(())
+}
+
+/// Proxy-owned paths are answered here; everything else is forwarded.
+async fn handle(proxy: &Proxy, req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
+    if let Some(resp) = endpoints::answer(proxy, &req) {
+        return resp;
+    }
+    let mut req = req.map(InboundBody::from);
+    req.extensions_mut().insert(ClientAddr(peer));
+    proxy.forward(req).await
+}

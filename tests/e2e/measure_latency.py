@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""SDK-visible latency, direct to Letta vs through letta-proxy (a measurement, not a test).
+
+Measures with the official `letta-client` SDK, one call at a time:
+  - `client.agents.retrieve(id)`: direct; through the proxy with the same URL every time (cache
+    hits once the first answer is cached); through the proxy with a unique query parameter per
+    call (never the same cache key: every call goes to Letta, i.e. misses);
+  - a streamed agent turn (`client.agents.messages.stream`): time to the first event and to the
+    end of the stream, direct vs proxy (calls alternate between the two).
+Prints medians and tails in a small table. Needs the stack of tests/e2e/run.sh running, e.g.:
+
+  BASE=/tmp/letta-e2e E2E_KEEP_LETTA=1 ...   # or start_letta.sh + letta-proxy by hand
+  python tests/e2e/measure_latency.py --direct http://127.0.0.1:8283 --proxy http://127.0.0.1:8300
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import uuid
+import warnings
+from collections import Counter
+
+from letta_client import Letta
+
+MODEL = "openai-proxy/gpt-4o-mini"
+EMBEDDING = "openai/text-embedding-3-small"
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def row(label: str, samples: list[float], note: str = "") -> str:
+    ms = [s * 1000 for s in samples]
+    return (f"{label:<34} {len(ms):>5} {statistics.median(ms):>9.2f} {percentile(ms, 0.9):>9.2f} "
+            f"{percentile(ms, 0.99):>9.2f}  {note}")
+
+
+def time_retrieves(client: Letta, agent_id: str, n: int, unique_query: bool) -> tuple[list[float], Counter]:
+    """n sequential retrieves; returns their durations and the x-cache values seen."""
+    durations, cache = [], Counter()
+    for i in range(n):
+        extra = {"e2e_nonce": f"{uuid.uuid4().hex}-{i}"} if unique_query else None
+        start = time.perf_counter()
+        raw = client.agents.with_raw_response.retrieve(agent_id, extra_query=extra)
+        raw.parse()  # what `client.agents.retrieve` returns: the parsed AgentState
+        durations.append(time.perf_counter() - start)
+        cache[raw.headers.get("x-cache", "-")] += 1
+    return durations, cache
+
+
+def time_stream(client: Letta, agent_id: str) -> tuple[float, float]:
+    """(time to first event, time to end) of one streamed agent turn."""
+    start = time.perf_counter()
+    first = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # messages.stream is deprecated in 1.12
+        for _event in client.agents.messages.stream(agent_id, input=f"latency probe {uuid.uuid4().hex[:6]}"):
+            if first is None:
+                first = time.perf_counter() - start
+    return first, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--direct", default="http://127.0.0.1:8283", help="a Letta server")
+    parser.add_argument("--proxy", default="http://127.0.0.1:8300", help="letta-proxy in front of it")
+    parser.add_argument("-n", type=int, default=200, help="retrieves per series (default 200)")
+    parser.add_argument("--streams", type=int, default=20, help="streamed turns per target (default 20)")
+    args = parser.parse_args()
+
+    direct = Letta(base_url=args.direct, max_retries=0, timeout=120)
+    proxy = Letta(base_url=args.proxy, max_retries=0, timeout=120)
+    agent = direct.agents.create(name=f"latency-{uuid.uuid4().hex[:8]}", model=MODEL, embedding=EMBEDDING,
+                                 memory_blocks=[{"label": "human", "value": "latency probe"}])
+    try:
+        for client in (direct, proxy):  # warm connections, caches and Letta's own code paths
+            time_retrieves(client, agent.id, 10, unique_query=False)
+            time_retrieves(client, agent.id, 10, unique_query=True)
+
+        direct_times, _ = time_retrieves(direct, agent.id, args.n, unique_query=False)
+        miss_times, miss_cache = time_retrieves(proxy, agent.id, args.n, unique_query=True)
+        hit_times, hit_cache = time_retrieves(proxy, agent.id, args.n, unique_query=False)
+
+        first = {"direct": [], "proxy": []}
+        total = {"direct": [], "proxy": []}
+        for _ in range(args.streams):
+            for name, client in (("direct", direct), ("proxy", proxy)):
+                f, t = time_stream(client, agent.id)
+                first[name].append(f)
+                total[name].append(t)
+    finally:
+        direct.agents.delete(agent.id)
+
+    def cache_note(counter: Counter) -> str:
+        return "x-cache: " + ", ".join(f"{k} {v}" for k, v in sorted(counter.items()))
+
+    print(f"\n{'SDK call (sequential)':<34} {'n':>5} {'median ms':>9} {'p90 ms':>9} {'p99 ms':>9}")
+    print(row("agents.retrieve direct", direct_times))
+    print(row("agents.retrieve proxy, miss", miss_times, cache_note(miss_cache)))
+    print(row("agents.retrieve proxy, same URL", hit_times, cache_note(hit_cache)))
+    print(row("stream: first event, direct", first["direct"]))
+    print(row("stream: first event, proxy", first["proxy"]))
+    print(row("stream: whole turn, direct", total["direct"]))
+    print(row("stream: whole turn, proxy", total["proxy"]))
+    d, m, h = (statistics.median(x) * 1000 for x in (direct_times, miss_times, hit_times))
+    print(f"\nproxy overhead on a miss: {m - d:+.2f} ms median; same-URL series vs direct: {h - d:+.2f} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+//! Shared test harness: stand-in Letta backends and a proxy on 127.0.0.1:0,
+//! a client that never uses an environment proxy, and a polling `eventually`.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use letta_proxy::config::{BackendConfig, Config};
+use letta_proxy::standin::StandIn;
+use letta_proxy::Proxy;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const AGENT: &str = "agent-00000000-0000-4000-8000-000000000001";
+
+/// A proxy serving on a free loopback port, stopped on drop.
+pub struct TestProxy {
+    pub addr: SocketAddr,
+    pub proxy: Arc<Proxy>,
+    stop: Option<oneshot::Sender<()>>,
+    pub task: Option<JoinHandle<Result<(), letta_proxy::ServeError>>>,
+}
+
+impl TestProxy {
+    /// Starts a proxy for `config` (its `server.listen` is ignored).
+    pub async fn start(config: Config) -> TestProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let proxy = Arc::new(Proxy::new(config));
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(letta_proxy::serve_proxy(listener, proxy.clone(), async {
+            let _ = rx.await;
+        }));
+        TestProxy {
+            addr,
+            proxy,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Triggers graceful shutdown and returns the server task.
+    pub fn shutdown(&mut self) -> JoinHandle<Result<(), letta_proxy::ServeError>> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        self.task.take().expect("shut down once")
+    }
+
+    /// In-flight count of backend `name` as the proxy sees it.
+    pub fn in_flight(&self, name: &str) -> u64 {
+        let set = self.proxy.upstreams.load();
+        set.backends
+            .iter()
+            .find(|b| &*b.name == name)
+            .map(|b| b.in_flight())
+            .expect("backend exists")
+    }
+
+    /// Sum of in-flight counts over every backend.
+    pub fn total_in_flight(&self) -> u64 {
+        self.proxy
+            .upstreams
+            .load()
+            .backends
+            .iter()
+            .map(|b| b.in_flight())
+            .sum()
+    }
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+/// Starts `n` stand-ins named `be1..ben`.
+pub async fn standins(n: usize) -> Vec<StandIn> {
+    let mut v = Vec::new();
+    for i in 1..=n {
+        v.push(StandIn::start(&format!("be{i}")).await.unwrap());
+    }
+    v
+}
+
+/// A config balancing over `backends` with `strategy`, health probes off
+/// (tests drive health themselves).
+pub fn config_for(backends: &[&StandIn], strategy: &str) -> Config {
+    let mut text = format!(
+        "[balancer]\nstrategy = \"{strategy}\"\n[health]\nenabled = false\n[server]\nshutdown_grace = \"5s\"\n"
+    );
+    for s in backends {
+        text.push_str(&format!(
+            "[[backends]]\nname = \"{}\"\nurl = \"{}\"\n",
+            s.name,
+            s.url()
+        ));
+    }
+    Config::from_toml(&text, "test config", std::iter::empty()).expect("valid test config")
+}
+
+/// A backend entry for an address nothing listens on (connection refused).
+pub fn dead_backend(name: &str) -> BackendConfig {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    BackendConfig {
+        name: name.into(),
+        url: format!("http://{addr}"),
+        weight: 1,
+        max_in_flight: None,
+    }
+}
+
+/// An HTTP client for tests: no environment proxy, no pooling surprises.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// Polls `cond` every 10 ms until it holds or `within` passes; panics with `what`.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if cond().await {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {within:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Fetches `/metrics` and returns the value of the first sample whose line starts
+/// with `prefix` (e.g. `letta_proxy_backend_in_flight{backend="be1"}`).
+pub async fn metric(proxy: &TestProxy, prefix: &str) -> Option<f64> {
+    let text = client()
+        .get(proxy.url("/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Which backend answered.
+pub fn backend_of(resp: &reqwest::Response) -> String {
+    resp.headers()
+        .get("x-letta-proxy-backend")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default()
+}
