@@ -31,6 +31,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "letta_proxy=info,warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
     let config = match Config::load(cli.config.as_deref(), std::env::vars()) {

@@ -7,7 +7,8 @@
 //! `hang=1` never answers. `POST …/messages/stream?events=N&interval_ms=M` streams
 //! N Server-Sent Events M ms apart, then `data: [DONE]`. `/__echo` streams the
 //! request body back; `/__headers` returns the request headers; `/__bytes?n=N`
-//! streams N deterministic bytes. [`Stats`] records what reached it.
+//! streams N deterministic bytes. [`Stats`] records what reached it, and
+//! [`StandIn::set_mode`] makes the whole replica hang or fail (health included).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -26,9 +27,22 @@ use futures_util::StreamExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+/// How a stand-in behaves, for every request including health probes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Answers normally.
+    Normal,
+    /// Accepts requests and never answers.
+    Hang,
+    /// Answers every request with this status.
+    Fail(u16),
+}
+
 /// What reached a stand-in, for assertions.
 #[derive(Debug, Default)]
 pub struct Stats {
+    /// Current [`Mode`], encoded: 0 normal, 1 hang, else the status to fail with.
+    mode: AtomicU64,
     /// Requests received (any path).
     pub requests: AtomicU64,
     /// Requests being handled right now (until the response body ends).
@@ -69,6 +83,7 @@ pub struct StandIn {
     pub name: String,
     pub addr: SocketAddr,
     pub stats: Arc<Stats>,
+    /// The accept loop; it owns every connection task, so aborting it drops them all.
     task: JoinHandle<()>,
 }
 
@@ -89,9 +104,7 @@ impl StandIn {
             name: Arc::from(name),
             stats: stats.clone(),
         });
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let task = tokio::spawn(accept_loop(listener, app));
         StandIn {
             name: name.to_string(),
             addr,
@@ -100,12 +113,23 @@ impl StandIn {
         }
     }
 
+    /// Changes how the stand-in answers from now on.
+    pub fn set_mode(&self, mode: Mode) {
+        let code = match mode {
+            Mode::Normal => 0,
+            Mode::Hang => 1,
+            Mode::Fail(status) => u64::from(status),
+        };
+        self.stats.mode.store(code, Ordering::SeqCst);
+    }
+
     /// `http://127.0.0.1:port`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    /// Stops accepting and drops every open connection (like a killed process).
+    /// Stops accepting and drops every open connection, like a killed process:
+    /// requests in progress are cut, pooled keep-alive connections die.
     pub fn stop(&self) {
         self.task.abort();
     }
@@ -114,6 +138,45 @@ impl StandIn {
 impl Drop for StandIn {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// Serves `app` with every connection task in a `JoinSet` owned by this future,
+/// so aborting the future closes every connection at once.
+async fn accept_loop(listener: TcpListener, app: Router) {
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(_) => continue,
+            },
+            // Reap finished connections so the set does not grow without bound.
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        conns.spawn(async move {
+            let builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            let _ = builder
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+/// Applies the replica-wide [`Mode`]: `Some(response)` when it overrides the answer.
+async fn misbehave(app: &App) -> Option<Response> {
+    match app.stats.mode.load(Ordering::SeqCst) {
+        0 => None,
+        1 => std::future::pending().await,
+        status => {
+            let status =
+                StatusCode::from_u16(status as u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let body = serde_json::json!({"detail": "stand-in failing on purpose", "served_by": &*app.name});
+            Some(named(app, (status, axum::Json(body)).into_response()))
+        }
     }
 }
 
@@ -170,6 +233,9 @@ fn named(app: &App, mut r: Response) -> Response {
 }
 
 async fn health(State(app): State<App>) -> Response {
+    if let Some(r) = misbehave(&app).await {
+        return r;
+    }
     named(
         &app,
         axum::Json(serde_json::json!({"status": "ok", "version": "standin"})).into_response(),
@@ -205,6 +271,9 @@ fn tracked(body: Body, guard: Active) -> Body {
 async fn letta(State(app): State<App>, Query(q): Params, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let guard = Active::enter(&app, &parts.method, &parts.uri, &parts.headers);
+    if let Some(r) = misbehave(&app).await {
+        return r;
+    }
     if param::<u8>(&q, "hang") == Some(1) {
         std::future::pending::<()>().await;
     }

@@ -8,11 +8,12 @@
 //!
 //! Pure hashing lets one hot agent (or an unlucky arc) bury its backend.
 //! *Consistent hashing with bounded loads* (Mirrokni, Thorup, Zadimoghaddam,
-//! 2018; used by HAProxy and Vimeo) caps every backend at
-//! `⌈(1 + ε) × (in flight + 1) / eligible⌉`: a backend at its cap passes the
-//! request on to the next distinct backend in ring order, so an agent that
-//! spills always spills to the same place. Ineligible backends are skipped the
-//! same way, so a backend going down re-homes only its own agents.
+//! 2018; HAProxy's `hash-balance-factor`) caps every backend at
+//! `⌈(1 + ε) × (total in flight + 1) / eligible backends⌉` (scaled by its
+//! weight's share): a backend at its cap passes the request on to the next
+//! distinct backend in ring order, so an agent that spills always spills to
+//! the same place. Ineligible backends are skipped the same way, so a backend
+//! going down re-homes only its own agents.
 //!
 //! Requests naming no agent go to a fallback strategy.
 
@@ -57,19 +58,20 @@ impl AgentAffinity {
         }
     }
 
-    /// Load of backend `i` relative to its cap if it takes this request, when
-    /// `total` requests are in flight before it, spread over `eligible`
-    /// backends. Admitted while below 1.
+    /// Whether backend `i`, holding `in_flight`, may take this request when
+    /// `total` are in flight over `eligible` backends: whether it stays within
+    /// its cap `⌈bound × (total + 1) / eligible⌉`.
     ///
-    /// The cap is `⌈bound × (total + 1) / eligible⌉`; for an integer load,
-    /// `in_flight + 1 ≤ ⌈x⌉` is `in_flight < x`, so [`Self::admits`] needs
-    /// neither `ceil` nor a division on the fast path.
-    fn fullness(&self, i: usize, in_flight: u64, total: u64, eligible: usize) -> f64 {
-        (in_flight as f64 * eligible as f64) / (self.bound[i] * (total + 1) as f64)
-    }
-
+    /// For an integer load, `in_flight + 1 ≤ ⌈x⌉` is `in_flight < x`, so the
+    /// check needs neither `ceil` nor a division.
     fn admits(&self, i: usize, in_flight: u64, total: u64, eligible: usize) -> bool {
         (in_flight as f64) * (eligible as f64) < self.bound[i] * (total + 1) as f64
+    }
+
+    /// `in_flight / x` in the terms of [`Self::admits`]: below 1 when admitted.
+    /// Ranks refused backends when none is admitted.
+    fn fullness(&self, i: usize, in_flight: u64, total: u64, eligible: usize) -> f64 {
+        (in_flight as f64 * eligible as f64) / (self.bound[i] * (total + 1) as f64)
     }
 }
 

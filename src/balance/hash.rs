@@ -6,10 +6,11 @@
 //! `DefaultHasher` promises none of that, so this is spelled out here and
 //! pinned by a test.
 //!
-//! The shape is MurmurHash3's x64 block step over 8-byte little-endian words
-//! plus its `fmix64` finaliser (full avalanche), which spreads
-//! similar names (`backend-1`, `backend-2`) and similar agent ids evenly over
-//! the ring. It is not meant to resist chosen inputs; the load bound does that.
+//! The shape is modelled on MurmurHash3 x64: one lane of its block step over
+//! 8-byte little-endian words, then its `fmix64` finaliser for full avalanche,
+//! so similar names (`backend-1`, `backend-2`) and similar agent ids spread
+//! evenly over the ring. It is not meant to resist chosen inputs; the load
+//! bound does that.
 
 const C1: u64 = 0x87c3_7b91_1142_53d5;
 const C2: u64 = 0x4cf5_ad43_2745_937f;
