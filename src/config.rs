@@ -51,6 +51,8 @@ pub struct Config {
     pub cache: CacheConfig,
     pub limits: LimitsConfig,
     pub metrics: MetricsConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
 }
 
 impl Default for Config {
@@ -68,6 +70,8 @@ impl Default for Config {
             cache: CacheConfig::default(),
             limits: LimitsConfig::default(),
             metrics: MetricsConfig::default(),
+            admin: AdminConfig::default(),
+            log: LogConfig::default(),
         }
     }
 }
@@ -246,6 +250,10 @@ pub struct LimitsConfig {
     /// Largest request body kept in memory so a safe request can be retried.
     #[serde(deserialize_with = "de_size")]
     pub retry_max_body: u64,
+    /// Most sub-requests in one `POST /-/batch`.
+    pub batch_max_requests: usize,
+    /// Most sub-requests of one batch in flight at once (a batch may ask for fewer).
+    pub batch_max_concurrency: usize,
 }
 
 impl Default for LimitsConfig {
@@ -260,6 +268,8 @@ impl Default for LimitsConfig {
             retry_budget_percent: 20,
             retry_min_per_second: 10,
             retry_max_body: 64 * 1024,
+            batch_max_requests: 100,
+            batch_max_concurrency: 16,
         }
     }
 }
@@ -275,6 +285,48 @@ pub struct MetricsConfig {
 impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig { enabled: true }
+    }
+}
+
+/// `[admin]`: the admin API on `server.admin_listen`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Bearer token required by every admin call; mandatory when `admin_listen`
+    /// is not a loopback address.
+    pub token: Option<String>,
+    /// Reload the config when its file changes (checked every 2 s).
+    pub watch_config: bool,
+}
+
+/// `[log]`: logs on stderr.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` (for people) or `json` (one object per line, for collectors).
+    pub format: LogFormat,
+    /// Default level filter (`RUST_LOG` wins when set), e.g. `info`, `letta_proxy=debug`.
+    pub level: String,
+    /// One line per request: id, route template, backend, status, duration,
+    /// cache result, bytes. Never `Authorization` or bodies.
+    pub access_log: bool,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+            access_log: true,
+        }
     }
 }
 
@@ -371,6 +423,14 @@ impl Config {
         }
         if self.health.unhealthy_threshold == 0 || self.health.healthy_threshold == 0 {
             return Err("health thresholds must be at least 1".into());
+        }
+        if let Some(admin) = self.server.admin_listen {
+            let token_set = self.admin.token.as_deref().is_some_and(|t| !t.is_empty());
+            if !admin.ip().is_loopback() && !token_set {
+                return Err(format!(
+                    "server.admin_listen {admin} is not a loopback address: set admin.token"
+                ));
+            }
         }
         if self.server.max_connections == 0 {
             return Err("server.max_connections must be at least 1".into());

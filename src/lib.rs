@@ -44,6 +44,7 @@ pub mod proxy;
 pub mod routes;
 pub mod server;
 pub mod standin;
+pub mod stats;
 
 pub use config::Config;
 pub use proxy::Proxy;

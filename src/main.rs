@@ -5,8 +5,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use letta_proxy::config::{BackendConfig, Config};
+use std::sync::Arc;
+
+use letta_proxy::config::{BackendConfig, Config, LogConfig, LogFormat, DEFAULT_CONFIG_PATH};
 use letta_proxy::standin::StandIn;
+use letta_proxy::Proxy;
 
 /// Reverse proxy and load balancer for Letta servers.
 #[derive(Parser, Debug)]
@@ -25,15 +28,6 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "letta_proxy=info,warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-
     let config = match Config::load(cli.config.as_deref(), std::env::vars()) {
         Ok(c) => c,
         Err(e) => {
@@ -41,6 +35,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    init_logging(&config.log);
     if cli.check {
         println!(
             "config ok: listen {}, strategy {}, {} backend(s): {}",
@@ -56,11 +51,16 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    // Reloads re-read the file the config came from.
+    let path = cli.config.clone().or_else(|| {
+        let default = PathBuf::from(DEFAULT_CONFIG_PATH);
+        default.exists().then_some(default)
+    });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    match runtime.block_on(run(config, cli.demo)) {
+    match runtime.block_on(run(config, path, cli.demo)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("letta-proxy: {e:#}");
@@ -69,7 +69,22 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(mut config: Config, demo: bool) -> anyhow::Result<()> {
+fn init_logging(log: &LogConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log.level))
+        .unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match log.format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+}
+
+async fn run(mut config: Config, path: Option<PathBuf>, demo: bool) -> anyhow::Result<()> {
     let mut standins = Vec::new();
     if demo {
         config.backends.clear();
@@ -100,7 +115,12 @@ async fn run(mut config: Config, demo: bool) -> anyhow::Result<()> {
     if demo {
         print_demo(local, &standins);
     }
-    letta_proxy::serve(listener, config, shutdown_signal()).await?;
+    let mut proxy = Proxy::new(config);
+    // The demo's backends are made up at start: a reload from the file would drop them.
+    if let (Some(path), false) = (path, demo) {
+        proxy = proxy.with_config_path(path);
+    }
+    letta_proxy::serve_proxy(listener, Arc::new(proxy), shutdown_signal()).await?;
     Ok(())
 }
 

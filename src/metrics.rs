@@ -37,6 +37,12 @@ pub struct Metrics {
     pub retries: IntCounterVec,
     /// `letta_proxy_agent_write_wait_seconds`: time writes waited for their agent's earlier writes.
     pub write_wait: Histogram,
+    selections: IntCounterVec,
+    backend_healthy: IntGaugeVec,
+    /// `letta_proxy_config_reloads_total{result}`.
+    pub reloads: IntCounterVec,
+    /// `letta_proxy_config_last_reload_success_timestamp_seconds`.
+    pub last_reload_success: prometheus::Gauge,
 }
 
 impl Metrics {
@@ -135,6 +141,35 @@ impl Metrics {
             .buckets(DURATION_BUCKETS.to_vec()),
         )
         .expect("valid metric");
+        let selections = IntCounterVec::new(
+            Opts::new(
+                "letta_proxy_balancer_selections_total",
+                "Backends chosen by the balancer, by strategy and backend.",
+            ),
+            &["strategy", "backend"],
+        )
+        .expect("valid metric");
+        let backend_healthy = IntGaugeVec::new(
+            Opts::new(
+                "letta_proxy_backend_healthy",
+                "1 when the backend takes traffic (up by probes and not ejected), else 0.",
+            ),
+            &["backend"],
+        )
+        .expect("valid metric");
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "letta_proxy_config_reloads_total",
+                "Configuration reloads, by result (success, failure).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let last_reload_success = prometheus::Gauge::new(
+            "letta_proxy_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful configuration load or reload.",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(request_duration.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(active_requests.clone()),
@@ -147,6 +182,10 @@ impl Metrics {
             Box::new(rejections.clone()),
             Box::new(retries.clone()),
             Box::new(write_wait.clone()),
+            Box::new(selections.clone()),
+            Box::new(backend_healthy.clone()),
+            Box::new(reloads.clone()),
+            Box::new(last_reload_success.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -169,7 +208,23 @@ impl Metrics {
             rejections,
             retries,
             write_wait,
+            selections,
+            backend_healthy,
+            reloads,
+            last_reload_success,
         }
+    }
+
+    /// Sets `letta_proxy_backend_healthy` of `backend` (refreshed on each scrape).
+    pub fn set_backend_healthy(&self, backend: &str, up: bool) {
+        self.backend_healthy
+            .with_label_values(&[backend])
+            .set(i64::from(up));
+    }
+
+    /// The selection counter of `backend` under `strategy`.
+    pub fn selection(&self, strategy: &str, backend: &str) -> IntCounter {
+        self.selections.with_label_values(&[strategy, backend])
     }
 
     /// Resolves the label handles of one backend.
@@ -192,6 +247,16 @@ impl Metrics {
             ttfb: self.backend_ttfb.with_label_values(&[name]),
             ejections: self.backend_ejections.with_label_values(&[name]),
         }
+    }
+
+    /// Every family's current values.
+    pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.registry.gather()
+    }
+
+    /// The registry, for components that register their own families (the cache).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// The Prometheus text exposition of every family.

@@ -93,7 +93,7 @@ pub fn classify(path: &str) -> Route<'_> {
     route.read_only_post = matches!(last, Some("search" | "export" | "preview-raw-payload"))
         || (last == Some("stream") && window[0] == Some("runs"));
     route.streaming = last == Some("stream");
-    route.template = intern(&shape[..n], truncated);
+    route.template = intern((shape, n, truncated));
     route
 }
 
@@ -224,13 +224,17 @@ fn known_word(seg: &str) -> Option<&'static str> {
     WORDS.iter().copied().find(|w| *w == seg)
 }
 
-/// Interned templates by shape (segments, truncated).
-type Templates = HashMap<(Vec<Seg>, bool), &'static str>;
+/// A template's shape: its segments, how many are used, whether it was cut.
+/// `Copy` and fixed-size, so looking a template up allocates nothing.
+type Shape = ([Seg; MAX_TEMPLATE_SEGMENTS], usize, bool);
+/// Interned templates by shape.
+type Templates = HashMap<Shape, &'static str>;
 
-fn intern(shape: &[Seg], truncated: bool) -> &'static str {
+fn intern(key: Shape) -> &'static str {
     static TABLE: OnceLock<RwLock<Templates>> = OnceLock::new();
     let table = TABLE.get_or_init(Default::default);
-    let key = (shape.to_vec(), truncated);
+    let (segs, n, truncated) = key;
+    let shape = &segs[..n];
     if let Some(t) = table.read().expect("route table poisoned").get(&key) {
         return t;
     }

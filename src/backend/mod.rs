@@ -9,7 +9,7 @@
 mod guard;
 mod url;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -34,10 +34,10 @@ pub struct Backend {
     pub name: Arc<str>,
     /// Where it listens.
     pub url: BackendUrl,
-    /// Relative share of traffic.
-    pub weight: u32,
-    /// Most requests in flight at once (0 = no cap).
-    pub max_in_flight: u64,
+    /// Relative share of traffic (updated in place by a reload).
+    weight: AtomicU32,
+    /// Most requests in flight at once (0 = no cap; updated in place by a reload).
+    max_in_flight: AtomicU64,
     /// `name` as a ready header value (built once, cloned per response).
     pub name_header: HeaderValue,
     in_flight: AtomicU64,
@@ -56,9 +56,21 @@ pub struct Backend {
     /// Latency estimate fed by every response, read by `least_latency`.
     pub latency: balance::PeakEwma,
     pub metrics: BackendMetrics,
+    /// Recent outcomes, for `/-/stats`.
+    pub window: crate::stats::window::Window,
 }
 
 impl Backend {
+    /// Relative share of traffic.
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    /// The in-flight cap (0 = none).
+    pub fn max_in_flight(&self) -> u64 {
+        self.max_in_flight.load(Ordering::Relaxed)
+    }
+
     /// Requests in flight now.
     pub fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Relaxed)
@@ -91,7 +103,8 @@ impl Backend {
 
     /// Whether the backend is below its in-flight cap.
     pub fn has_capacity(&self) -> bool {
-        self.max_in_flight == 0 || self.in_flight() < self.max_in_flight
+        let max = self.max_in_flight();
+        max == 0 || self.in_flight() < max
     }
 
     /// Whether the backend may take a new request at `now`: usable, not draining, under its cap.
@@ -115,13 +128,14 @@ impl Backend {
     /// Takes one in-flight slot if the cap allows; the slot is released when the
     /// returned guard drops (at the end of the response body).
     pub fn try_acquire(self: &Arc<Self>) -> Option<InFlight> {
-        if self.max_in_flight == 0 {
+        let max = self.max_in_flight();
+        if max == 0 {
             self.in_flight.fetch_add(1, Ordering::Relaxed);
         } else {
             // CAS, not check-then-add: two racing requests must not both take the last slot.
             self.in_flight
                 .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
-                    (n < self.max_in_flight).then_some(n + 1)
+                    (n < max).then_some(n + 1)
                 })
                 .ok()?;
         }
@@ -143,6 +157,7 @@ impl std::fmt::Debug for Backend {
         f.debug_struct("Backend")
             .field("name", &self.name)
             .field("in_flight", &self.in_flight())
+            .field("weight", &self.weight())
             .finish_non_exhaustive()
     }
 }
@@ -151,6 +166,8 @@ impl std::fmt::Debug for Backend {
 pub struct BackendSet {
     pub backends: Vec<Arc<Backend>>,
     pub strategy: Box<dyn Strategy>,
+    /// `letta_proxy_balancer_selections_total{strategy, backend}`, resolved per set.
+    selections: Vec<prometheus::IntCounter>,
 }
 
 impl BackendSet {
@@ -182,6 +199,7 @@ impl Upstreams {
             current: ArcSwap::from_pointee(BackendSet {
                 backends: Vec::new(),
                 strategy: balance::build(&config.balancer, &[]),
+                selections: Vec::new(),
             }),
             total_in_flight: Arc::new(AtomicU64::new(0)),
             queue: Arc::new(WaitQueue::new(
@@ -218,13 +236,18 @@ impl Upstreams {
                 let max = bc
                     .max_in_flight
                     .unwrap_or(config.limits.max_in_flight_per_backend);
+                // Same name and URL: the same backend, with its pool, counters and health.
                 match old
                     .backends
                     .iter()
                     .find(|b| *b.name == *bc.name && b.url == url)
                 {
-                    Some(b) if b.weight == bc.weight && b.max_in_flight == max => b.clone(),
-                    _ => {
+                    Some(b) => {
+                        b.weight.store(bc.weight, Ordering::Relaxed);
+                        b.max_in_flight.store(max, Ordering::Relaxed);
+                        b.clone()
+                    }
+                    None => {
                         Arc::new(self.new_backend(&bc.name, url, bc.weight, max, &config.balancer))
                     }
                 }
@@ -234,13 +257,22 @@ impl Upstreams {
             .iter()
             .map(|b| BackendSpec {
                 name: &b.name,
-                weight: b.weight,
+                weight: b.weight(),
             })
             .collect();
         let strategy = balance::build(&config.balancer, &specs);
         *self.outlier_policy.write().expect("policy lock poisoned") = outlier_policy(config);
-        self.current
-            .store(Arc::new(BackendSet { backends, strategy }));
+        self.queue
+            .resize(config.limits.queue_size, config.limits.queue_timeout);
+        let selections = backends
+            .iter()
+            .map(|b| self.metrics.selection(strategy.name(), &b.name))
+            .collect();
+        self.current.store(Arc::new(BackendSet {
+            backends,
+            strategy,
+            selections,
+        }));
     }
 
     fn new_backend(
@@ -254,8 +286,8 @@ impl Upstreams {
         Backend {
             name: Arc::from(name),
             url,
-            weight,
-            max_in_flight: max,
+            weight: AtomicU32::new(weight),
+            max_in_flight: AtomicU64::new(max),
             name_header: HeaderValue::from_str(name).expect("validated: printable ASCII"),
             in_flight: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
@@ -266,6 +298,7 @@ impl Upstreams {
             total_in_flight: self.total_in_flight.clone(),
             latency: balance::PeakEwma::new(bal.ewma_decay, bal.error_penalty),
             metrics: self.metrics.backend(name),
+            window: Default::default(),
         }
     }
 
@@ -303,6 +336,7 @@ impl Upstreams {
                 break;
             };
             if let Some(guard) = set.backends[i].try_acquire() {
+                set.selections[i].inc();
                 return Attempt::Got((i, guard));
             }
         }

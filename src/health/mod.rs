@@ -21,49 +21,41 @@ use hyper_util::rt::TokioExecutor;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{Backend, Upstreams};
+use crate::backend::Backend;
 use crate::config::HealthConfig;
+use crate::proxy::Proxy;
 use state::Transition;
 
 type ProbeClient = Client<HttpConnector, Empty<Bytes>>;
 
-/// Starts probing the backends of `upstreams` every `cfg.interval` until `stop`.
-pub fn spawn(
-    upstreams: Arc<Upstreams>,
-    cfg: HealthConfig,
-    stop: CancellationToken,
-) -> JoinHandle<()> {
+/// Starts probing the backends of `proxy` until `stop`. Settings are read from the
+/// config in force at every round, so a reload changes path, interval and thresholds.
+pub fn spawn(proxy: Arc<Proxy>, stop: CancellationToken) -> JoinHandle<()> {
     let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(cfg.timeout));
+    connector.set_connect_timeout(Some(proxy.config().health.timeout));
     connector.set_nodelay(true);
     // Probes use their own small pool so they never queue behind proxied traffic.
     let client: ProbeClient = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(1)
         .build(connector);
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(cfg.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let config = proxy.config();
+            let cfg = &config.health;
+            if cfg.enabled {
+                let set = proxy.upstreams.load_full();
+                let probes = set.backends.iter().map(|b| probe_one(&client, b, cfg));
+                futures_util::future::join_all(probes).await;
+            }
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tick.tick() => {}
+                _ = tokio::time::sleep(cfg.interval) => {}
             }
-            let set = upstreams.load_full();
-            let probes = set
-                .backends
-                .iter()
-                .map(|b| probe_one(&client, b, &cfg, &upstreams));
-            futures_util::future::join_all(probes).await;
         }
     })
 }
 
-async fn probe_one(
-    client: &ProbeClient,
-    backend: &Arc<Backend>,
-    cfg: &HealthConfig,
-    upstreams: &Upstreams,
-) {
+async fn probe_one(client: &ProbeClient, backend: &Arc<Backend>, cfg: &HealthConfig) {
     let ok = probe(client, backend, &cfg.path, cfg.timeout).await;
     let transition = backend.observe_probe(ok, cfg.unhealthy_threshold, cfg.healthy_threshold);
     match transition {
@@ -74,10 +66,8 @@ async fn probe_one(
             backend.outlier.readmit();
             tracing::info!(backend = %backend.name, "backend is up again (active health check)");
         }
-        None if ok && backend.outlier.is_ejected(upstreams.now_ns()) && backend.is_healthy() => {
-            // Ejected by traffic but answering probes: keep the ejection; the
-            // cooldown decides. Probes only judge liveness.
-        }
+        // Ejected by traffic but answering probes: the ejection stands until its
+        // cooldown ends; probes judge liveness, traffic judges quality.
         None => {}
     }
 }

@@ -6,7 +6,7 @@
 //! starved by later ones. The queue holds at most `capacity` requests, each at
 //! most `timeout`; past either the caller answers 503 with `Retry-After`.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -37,8 +37,9 @@ pub enum QueueError {
 pub struct WaitQueue {
     notify: Notify,
     waiting: AtomicUsize,
-    capacity: usize,
-    timeout: Duration,
+    /// Atomics so a reload can change them for the next arrivals.
+    capacity: AtomicUsize,
+    timeout_ms: AtomicU64,
 }
 
 impl WaitQueue {
@@ -47,9 +48,16 @@ impl WaitQueue {
         WaitQueue {
             notify: Notify::new(),
             waiting: AtomicUsize::new(0),
-            capacity,
-            timeout,
+            capacity: AtomicUsize::new(capacity),
+            timeout_ms: AtomicU64::new(timeout.as_millis() as u64),
         }
+    }
+
+    /// Changes the limits for requests that arrive from now on.
+    pub fn resize(&self, capacity: usize, timeout: Duration) {
+        self.capacity.store(capacity, Ordering::Relaxed);
+        self.timeout_ms
+            .store(timeout.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// Requests waiting now.
@@ -83,18 +91,19 @@ impl WaitQueue {
                 Attempt::Busy => {}
             }
         }
-        if self.capacity == 0 {
+        let capacity = self.capacity.load(Ordering::Relaxed);
+        if capacity == 0 {
             return Err(QueueError::Full);
         }
         // Reserve a place in line, bounded by capacity.
         self.waiting
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.capacity).then_some(n + 1)
+                (n < capacity).then_some(n + 1)
             })
             .map_err(|_| QueueError::Full)?;
         let _place = Place(&self.waiting);
         let started = tokio::time::Instant::now();
-        let deadline = started + self.timeout;
+        let deadline = started + Duration::from_millis(self.timeout_ms.load(Ordering::Relaxed));
         loop {
             let notified = self.notify.notified();
             tokio::pin!(notified);

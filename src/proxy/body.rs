@@ -227,10 +227,18 @@ pub fn is_body_too_large(err: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// How a response body ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyOutcome {
+    /// False when the body failed or was cut short (client gone, backend broke).
+    pub ok: bool,
+    /// Body bytes handed to the client.
+    pub bytes: u64,
+}
+
 /// Called exactly once when a response is finished (body ended, failed or dropped).
 pub trait OnComplete: Send + 'static {
-    /// `ok` is false when the body failed or was cut short.
-    fn complete(self: Box<Self>, ok: bool);
+    fn complete(self: Box<Self>, outcome: BodyOutcome);
 }
 
 /// The response a client receives.
@@ -249,6 +257,9 @@ pub struct Streamed {
     /// Released on drop, i.e. when the body ends or the client goes away.
     holds: Option<Holds>,
     on_complete: Option<Box<dyn OnComplete>>,
+    /// Outcome once the body ended (kept for an `on_complete` attached later).
+    ended: Option<BodyOutcome>,
+    bytes: u64,
 }
 
 impl ResponseBody {
@@ -257,33 +268,52 @@ impl ResponseBody {
         ResponseBody::Full(Some(bytes.into()))
     }
 
-    /// A backend's body, keeping `holds` and calling `on_complete` at its end.
-    pub fn upstream(
-        inner: Incoming,
-        idle_timeout: Duration,
-        holds: Holds,
-        on_complete: Box<dyn OnComplete>,
-    ) -> ResponseBody {
+    /// A backend's body, keeping `holds` until its end.
+    pub fn upstream(inner: Incoming, idle_timeout: Duration, holds: Holds) -> ResponseBody {
         let mut s = Streamed {
             inner,
             idle_timeout,
             idle: None,
             holds: Some(holds),
-            on_complete: Some(on_complete),
+            on_complete: None,
+            ended: None,
+            bytes: 0,
         };
         if s.inner.is_end_stream() {
             s.finish(true);
         }
         ResponseBody::Upstream(Box::new(s))
     }
+
+    /// Calls `done` once the body has been delivered (at once for in-memory bodies).
+    pub fn on_end(&mut self, done: Box<dyn OnComplete>) {
+        match self {
+            ResponseBody::Full(b) => done.complete(BodyOutcome {
+                ok: true,
+                bytes: b.as_ref().map_or(0, |b| b.len() as u64),
+            }),
+            ResponseBody::Upstream(s) => match s.ended {
+                Some(outcome) => done.complete(outcome),
+                None => s.on_complete = Some(done),
+            },
+        }
+    }
 }
 
 impl Streamed {
     fn finish(&mut self, ok: bool) {
+        if self.ended.is_some() {
+            return;
+        }
+        let outcome = BodyOutcome {
+            ok,
+            bytes: self.bytes,
+        };
+        self.ended = Some(outcome);
         self.holds = None;
         self.idle = None;
         if let Some(done) = self.on_complete.take() {
-            done.complete(ok);
+            done.complete(outcome);
         }
     }
 }
@@ -312,7 +342,7 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ResponseBody::Full(b) => b.is_none(),
-            ResponseBody::Upstream(s) => s.on_complete.is_none() || s.inner.is_end_stream(),
+            ResponseBody::Upstream(s) => s.ended.is_some() || s.inner.is_end_stream(),
         }
     }
 
@@ -327,11 +357,14 @@ impl Body for ResponseBody {
 
 impl Streamed {
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if self.on_complete.is_none() {
+        if self.ended.is_some() {
             return Poll::Ready(None);
         }
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes += data.len() as u64;
+                }
                 // Progress: push the idle deadline back.
                 if let Some(idle) = self.idle.as_mut() {
                     idle.as_mut()

@@ -9,14 +9,16 @@
 pub mod body;
 pub mod client;
 pub mod headers;
+pub mod observe;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
-use http::{Method, Request, Response, Version};
+use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
@@ -31,7 +33,9 @@ use crate::limit::ordering::WriteOrdering;
 use crate::limit::queue::QueueError;
 use crate::metrics::Metrics;
 use crate::routes::{self, Route};
-use body::{BodySlot, Holds, InboundBody, OnComplete, ResponseBody};
+use crate::stats::window::Window;
+use arc_swap::ArcSwap;
+use body::{BodySlot, Holds, InboundBody, ResponseBody};
 
 /// The client's address, put in request extensions by the server.
 #[derive(Debug, Clone, Copy)]
@@ -65,14 +69,59 @@ impl tower::Service<Request<InboundBody>> for ProxyService {
 
 /// Everything a request needs, shared by every connection.
 pub struct Proxy {
-    pub config: Arc<Config>,
+    /// The configuration in force and what is derived from it, swapped whole on reload.
+    live: ArcSwap<Live>,
     pub upstreams: Arc<Upstreams>,
     pub metrics: Metrics,
+    /// Recent outcomes over every backend, for `/-/stats`.
+    pub window: Window,
     client: client::UpstreamClient,
-    global: Arc<GlobalLimit>,
     writes: Arc<WriteOrdering>,
+    /// The file the config came from, for reloads.
+    config_path: Option<PathBuf>,
+    /// Serialises config changes (reload, admin edits) so none is lost.
+    changing: std::sync::Mutex<()>,
+    /// The response cache, when enabled (for admin purges).
+    purger: std::sync::OnceLock<Arc<dyn Purge>>,
+    /// Where the admin API listens, once bound.
+    admin_addr: std::sync::OnceLock<SocketAddr>,
+}
+
+/// Evicts cached answers on request (implemented by the cache).
+pub trait Purge: Send + Sync {
+    /// Drops every entry that mentions the Letta id `id`; returns how many.
+    fn purge_id<'a>(&'a self, id: &'a str) -> BoxFuture<'a, usize>;
+    /// Drops every entry whose path starts with `prefix`; returns how many.
+    fn purge_prefix<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, usize>;
+}
+
+/// A boxed future, for the object-safe [`Purge`].
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// The configuration in force, with the state built from it. Replaced whole by a
+/// reload, so a request sees one consistent version from start to end.
+pub struct Live {
+    pub config: Arc<Config>,
+    global: Arc<GlobalLimit>,
     retry_budget: TpsBudget,
     affinity_header: Option<HeaderName>,
+}
+
+impl Live {
+    fn new(config: Config) -> Live {
+        let limits = &config.limits;
+        Live {
+            global: Arc::new(GlobalLimit::new(limits.max_in_flight)),
+            retry_budget: TpsBudget::new(
+                Duration::from_secs(10),
+                limits.retry_min_per_second,
+                limits.retry_budget_percent as f32 / 100.0,
+            ),
+            affinity_header: HeaderName::from_bytes(config.balancer.affinity_header.as_bytes())
+                .ok(),
+            config: Arc::new(config),
+        }
+    }
 }
 
 thread_local! {
@@ -116,31 +165,105 @@ impl Proxy {
         let metrics = Metrics::new();
         let upstreams = Arc::new(Upstreams::new(&config, metrics.clone()));
         let client = client::build(&config.server);
-        let limits = &config.limits;
-        let retry_budget = TpsBudget::new(
-            Duration::from_secs(10),
-            limits.retry_min_per_second,
-            limits.retry_budget_percent as f32 / 100.0,
-        );
-        let affinity_header =
-            HeaderName::from_bytes(config.balancer.affinity_header.as_bytes()).ok();
         Proxy {
-            global: Arc::new(GlobalLimit::new(limits.max_in_flight)),
+            live: ArcSwap::from_pointee(Live::new(config)),
             writes: WriteOrdering::new(),
-            retry_budget,
-            affinity_header,
-            config: Arc::new(config),
+            window: Window::new(),
             upstreams,
             metrics,
             client,
+            config_path: None,
+            changing: std::sync::Mutex::new(()),
+            purger: std::sync::OnceLock::new(),
+            admin_addr: std::sync::OnceLock::new(),
         }
     }
 
+    /// Records where the admin API listens.
+    pub fn set_admin_addr(&self, addr: SocketAddr) {
+        let _ = self.admin_addr.set(addr);
+    }
+
+    /// Where the admin API listens, once bound.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr.get().copied()
+    }
+
+    /// Registers the cache, for admin purges.
+    pub fn set_purger(&self, purger: Arc<dyn Purge>) {
+        let _ = self.purger.set(purger);
+    }
+
+    /// Drops every cached answer that mentions `id` (0 when the cache is off).
+    pub async fn purge_cache_id(&self, id: &str) -> usize {
+        match self.purger.get() {
+            Some(p) => p.purge_id(id).await,
+            None => 0,
+        }
+    }
+
+    /// Drops every cached answer under `prefix` (0 when the cache is off).
+    pub async fn purge_cache_prefix(&self, prefix: &str) -> usize {
+        match self.purger.get() {
+            Some(p) => p.purge_prefix(prefix).await,
+            None => 0,
+        }
+    }
+
+    /// Remembers the file `config` came from, so it can be reloaded.
+    pub fn with_config_path(mut self, path: impl Into<PathBuf>) -> Proxy {
+        self.config_path = Some(path.into());
+        self
+    }
+
+    /// The file the config came from, if any.
+    pub fn config_path(&self) -> Option<PathBuf> {
+        self.config_path.clone()
+    }
+
+    /// Changes the running config with `edit` (admin calls), validating the result.
+    /// A later reload from the file replaces such edits.
+    pub fn update(
+        &self,
+        edit: impl FnOnce(&mut Config) -> Result<(), String>,
+    ) -> Result<Arc<Config>, String> {
+        let _one_at_a_time = self.changing.lock().expect("config change lock poisoned");
+        let mut next = (*self.config()).clone();
+        edit(&mut next)?;
+        next.validate()?;
+        self.apply_locked(next);
+        Ok(self.config())
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.live.load().config.clone()
+    }
+
+    /// Applies a new, validated configuration: backends (kept ones keep their
+    /// state and pools), strategy, limits, health and cache rules. Listener
+    /// addresses, connection limits and the upstream pool settings stay as they
+    /// were until a restart.
+    pub fn apply(&self, config: Config) {
+        let _one_at_a_time = self.changing.lock().expect("config change lock poisoned");
+        self.apply_locked(config);
+    }
+
+    fn apply_locked(&self, config: Config) {
+        self.upstreams.replace(&config);
+        self.live.store(Arc::new(Live::new(config)));
+    }
+
+    /// Whether access logging is on.
+    pub fn access_log(&self) -> bool {
+        self.live.load().config.log.access_log
+    }
+
     /// Forwards `req` to a backend and returns the backend's answer (or the
-    /// proxy's own error answer). The client address comes from [`ClientAddr`].
+    /// proxy's own error answer). The client address comes from [`ClientAddr`];
+    /// the backend that answered is in the [`observe::ServedBy`] extension.
     pub async fn forward(&self, req: Request<InboundBody>) -> Response<ResponseBody> {
-        let start = Instant::now();
-        self.metrics.active_requests.inc();
+        let live = self.live.load_full();
         let peer = req
             .extensions()
             .get::<ClientAddr>()
@@ -153,60 +276,42 @@ impl Proxy {
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let route = routes::classify(path_and_query.path());
-        let request_id = with_rng(|rng| headers::ensure_request_id(&mut parts.headers, rng));
-        let done = Completion {
-            metrics: self.metrics.clone(),
-            start,
-            method: parts.method.clone(),
-            route: route.template,
-            recorded: false,
-        };
-
-        let result = self
-            .send(&mut parts, body, &path_and_query, &route, peer)
-            .await;
-        let mut resp = match result {
+        match self
+            .send(&live, &mut parts, body, &path_and_query, &route, peer)
+            .await
+        {
             Ok(Forwarded {
                 resp,
                 backend,
                 holds,
             }) => {
-                let status = resp.status();
-                let (rparts, rbody) = resp.into_parts();
-                let on_complete = Box::new(done.for_backend(status.as_u16(), backend));
-                let body = ResponseBody::upstream(
-                    rbody,
-                    self.config.server.body_idle_timeout,
-                    holds,
-                    on_complete,
-                );
+                let (mut rparts, rbody) = resp.into_parts();
+                rparts.extensions.insert(observe::ServedBy(backend));
+                let body =
+                    ResponseBody::upstream(rbody, live.config.server.body_idle_timeout, holds);
                 Response::from_parts(rparts, body)
             }
             Err(err) => {
-                tracing::debug!(error = %err, request_id = ?request_id, "proxy error");
-                let status = err.status().as_u16();
-                Box::new(done.for_backend_name(status, "none")).complete(true);
+                tracing::debug!(error = %err, "proxy error");
                 err.to_response().map(ResponseBody::full)
             }
-        };
-        resp.headers_mut()
-            .insert(headers::REQUEST_ID.clone(), request_id);
-        resp
+        }
     }
 
     /// Applies the limits, picks backends and sends until one answers, or fails
     /// with the error to show.
     async fn send(
         &self,
+        live: &Live,
         parts: &mut http::request::Parts,
         body: InboundBody,
         path_and_query: &PathAndQuery,
         route: &Route<'_>,
         peer: SocketAddr,
     ) -> Result<Forwarded, ProxyError> {
-        let server = &self.config.server;
-        let limits = &self.config.limits;
-        let global = self.global.try_acquire();
+        let server = &live.config.server;
+        let limits = &live.config.limits;
+        let global = live.global.try_acquire();
         if global.is_none() {
             self.metrics
                 .rejections
@@ -276,7 +381,7 @@ impl Proxy {
         // Owned: `parts.headers` is handed to the backend below.
         let header_agent: Option<String> = match route.agent_id {
             Some(_) => None,
-            None => self
+            None => live
                 .affinity_header
                 .as_ref()
                 .and_then(|h| parts.headers.get(h))
@@ -287,7 +392,7 @@ impl Proxy {
             agent_id: route.agent_id.or(header_agent.as_deref()),
         };
         let backend_count = self.upstreams.load().backends.len();
-        self.retry_budget.deposit();
+        live.retry_budget.deposit();
         let mut tried: Vec<usize> = Vec::new();
         let mut retried = false;
         let mut last_err: Option<ProxyError> = None;
@@ -357,7 +462,7 @@ impl Proxy {
                         self.upstreams.record_success(&backend);
                     }
                     let retryable_status = matches!(status.as_u16(), 502..=504);
-                    if retryable_status && may_retry_safely && self.retry_budget.withdraw() {
+                    if retryable_status && may_retry_safely && live.retry_budget.withdraw() {
                         Retry::Status
                     } else {
                         let h = resp.headers_mut();
@@ -405,7 +510,7 @@ impl Proxy {
                         backend: backend.name.to_string(),
                         source: Box::new(err),
                     };
-                    if !(may_retry_safely && self.retry_budget.withdraw()) {
+                    if !(may_retry_safely && live.retry_budget.withdraw()) {
                         return Err(e);
                     }
                     last_err = Some(e);
@@ -419,7 +524,7 @@ impl Proxy {
                         backend: backend.name.to_string(),
                         what: "no response headers in time",
                     };
-                    if !(may_retry_safely && self.retry_budget.withdraw()) {
+                    if !(may_retry_safely && live.retry_budget.withdraw()) {
                         return Err(e);
                     }
                     last_err = Some(e);
@@ -482,87 +587,4 @@ async fn buffer(body: InboundBody) -> Result<InboundBody, ProxyError> {
 
 fn content_length(h: &http::HeaderMap) -> Option<u64> {
     h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
-}
-
-/// Records a finished request in the metrics, exactly once: by [`Done`] when the
-/// response ends, or on drop with status 499 when the client left before the
-/// response started (nginx's "client closed request").
-struct Completion {
-    metrics: Metrics,
-    start: Instant,
-    method: Method,
-    route: &'static str,
-    recorded: bool,
-}
-
-impl Completion {
-    fn for_backend(self, status: u16, backend: Arc<Backend>) -> Done {
-        Done {
-            c: self,
-            status,
-            backend: BackendLabel::Backend(backend),
-        }
-    }
-    fn for_backend_name(self, status: u16, name: &'static str) -> Done {
-        Done {
-            c: self,
-            status,
-            backend: BackendLabel::Static(name),
-        }
-    }
-
-    fn record(&mut self, status: u16, backend: &str) {
-        if std::mem::replace(&mut self.recorded, true) {
-            return;
-        }
-        let status_digits = status_digits(status);
-        let status = std::str::from_utf8(&status_digits).unwrap_or("000");
-        self.metrics
-            .request_duration
-            .with_label_values(&[self.method.as_str(), self.route, status, backend])
-            .observe(self.start.elapsed().as_secs_f64());
-        self.metrics.active_requests.dec();
-    }
-}
-
-impl Drop for Completion {
-    fn drop(&mut self) {
-        self.record(499, "none");
-    }
-}
-
-enum BackendLabel {
-    Backend(Arc<Backend>),
-    Static(&'static str),
-}
-
-struct Done {
-    c: Completion,
-    status: u16,
-    backend: BackendLabel,
-}
-
-impl OnComplete for Done {
-    fn complete(mut self: Box<Self>, ok: bool) {
-        let status = self.status;
-        match &self.backend {
-            BackendLabel::Backend(b) => {
-                if !ok {
-                    b.metrics.body_errors.inc();
-                }
-                let b = b.clone();
-                self.c.record(status, &b.name);
-            }
-            BackendLabel::Static(s) => self.c.record(status, s),
-        }
-    }
-}
-
-fn status_digits(s: u16) -> [u8; 3] {
-    let s = s.min(999);
-    [
-        b'0' + (s / 100) as u8,
-        b'0' + (s / 10 % 10) as u8,
-        b'0' + (s % 10) as u8,
-    ]
 }

@@ -1,5 +1,6 @@
 //! Paths the proxy answers itself on the main listener: `GET /metrics`,
-//! `GET /-/healthy` (the process is up), `GET /-/ready` (some backend is usable).
+//! `GET /-/healthy` (the process is up), `GET /-/ready` (some backend is usable),
+//! `GET /-/stats` (JSON figures) and `GET /-/status` (a page showing them).
 //! Other `/-/` paths are the proxy's namespace and never forwarded.
 
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -13,7 +14,7 @@ pub fn answer<B>(proxy: &Proxy, req: &Request<B>) -> Option<Response<ResponseBod
     if path != "/metrics" && !path.starts_with("/-/") {
         return None;
     }
-    if path == "/metrics" && !proxy.config.metrics.enabled {
+    if path == "/metrics" && !proxy.config().metrics.enabled {
         return None;
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -25,6 +26,10 @@ pub fn answer<B>(proxy: &Proxy, req: &Request<B>) -> Option<Response<ResponseBod
     }
     Some(match path {
         "/metrics" => {
+            let now = proxy.upstreams.now_ns();
+            for b in proxy.upstreams.load().backends.iter() {
+                proxy.metrics.set_backend_healthy(&b.name, b.is_usable(now));
+            }
             let mut r = Response::new(ResponseBody::full(proxy.metrics.render()));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -46,6 +51,24 @@ pub fn answer<B>(proxy: &Proxy, req: &Request<B>) -> Option<Response<ResponseBod
                     .insert(header::RETRY_AFTER, HeaderValue::from(1));
                 r
             }
+        }
+        "/-/stats" => {
+            let body = serde_json::to_string_pretty(&crate::stats::snapshot(proxy))
+                .expect("stats serialize");
+            let mut r = Response::new(ResponseBody::full(body));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        "/-/status" => {
+            let mut r = Response::new(ResponseBody::full(crate::stats::STATUS_PAGE));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            r
         }
         _ => json(StatusCode::NOT_FOUND, "not_found", "unknown proxy path"),
     })

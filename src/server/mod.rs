@@ -1,11 +1,18 @@
 //! Listeners and lifecycle: accept connections (HTTP/1.1 and h2c on one port),
 //! route proxy-owned paths, forward the rest, and shut down gracefully.
 //!
+//! Every request that is not a proxy-owned path goes through [`dispatch`]:
+//! observation (request id, metrics, stats, access log) around the request
+//! stack. The batch endpoint sends its sub-requests through the same function.
+//!
 //! Shutdown: stop accepting, tell every connection to finish its current
 //! exchanges (HTTP/1 keep-alive off, HTTP/2 GOAWAY), and wait up to
 //! `server.shutdown_grace` for in-flight requests and streams to end.
 
+mod admin;
+mod batch;
 mod endpoints;
+pub mod reload;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -23,6 +30,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::Config;
 use crate::proxy::body::{InboundBody, ResponseBody};
+use crate::proxy::observe::Observation;
 use crate::proxy::{ClientAddr, Proxy};
 
 /// Why the server stopped with an error.
@@ -53,7 +61,8 @@ pub async fn serve_proxy(
     proxy: Arc<Proxy>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let cfg = &proxy.config.server;
+    let config = proxy.config();
+    let cfg = &config.server;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -66,13 +75,37 @@ pub async fn serve_proxy(
     let connections = Arc::new(Semaphore::new(cfg.max_connections));
     let grace = cfg.shutdown_grace;
     let stop_background = tokio_util::sync::CancellationToken::new();
-    let health = proxy.config.health.enabled.then(|| {
-        crate::health::spawn(
-            proxy.upstreams.clone(),
-            proxy.config.health.clone(),
+    let health = config
+        .health
+        .enabled
+        .then(|| crate::health::spawn(proxy.clone(), stop_background.clone()));
+    reload::spawn_sighup(proxy.clone(), stop_background.clone());
+    if let (true, Some(path)) = (config.admin.watch_config, proxy.config_path()) {
+        reload::spawn_watch(
+            proxy.clone(),
+            path,
+            std::time::Duration::from_secs(2),
             stop_background.clone(),
-        )
-    });
+        );
+    }
+    if let Some(addr) = cfg.admin_listen {
+        let admin = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind { addr, source })?;
+        let bound = admin
+            .local_addr()
+            .map_err(|source| ServeError::Bind { addr, source })?;
+        proxy.set_admin_addr(bound);
+        tracing::info!(listen = %bound, "admin API listening");
+        let app = admin::router(proxy.clone());
+        let stop = stop_background.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(admin, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+        });
+    }
+    proxy.metrics.last_reload_success.set(reload::unix_now());
     tokio::pin!(shutdown);
 
     loop {
@@ -126,12 +159,26 @@ pub async fn serve_proxy(
     Ok(())
 }
 
-/// Proxy-owned paths are answered here; everything else is forwarded.
-async fn handle(proxy: &Proxy, req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
+/// Proxy-owned paths are answered here; everything else is dispatched.
+async fn handle(
+    proxy: &Arc<Proxy>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<ResponseBody> {
+    let mut req = req.map(InboundBody::from);
+    req.extensions_mut().insert(ClientAddr(peer));
+    if req.uri().path() == "/-/batch" && req.method() == http::Method::POST {
+        return batch::handle(proxy, req).await;
+    }
     if let Some(resp) = endpoints::answer(proxy, &req) {
         return resp;
     }
-    let mut req = req.map(InboundBody::from);
-    req.extensions_mut().insert(ClientAddr(peer));
-    proxy.forward(req).await
+    dispatch(proxy, req).await
+}
+
+/// Sends one request through the stack, observed.
+pub async fn dispatch(proxy: &Arc<Proxy>, mut req: Request<InboundBody>) -> Response<ResponseBody> {
+    let observation = Observation::begin(proxy, &mut req);
+    let resp = proxy.forward(req).await;
+    observation.finish(resp)
 }

@@ -3,17 +3,19 @@
 # driven by the official letta-client SDK (pytest). From nothing to a verdict, then tears down
 # every process it started (by PID), also on failure or Ctrl-C.
 #
-#   1. tools: redis-server (apt-get when absent), letta-proxy (cargo build --release)
+#   1. tools: redis-server (apt-get when absent), a cached venv with tests/e2e/requirements.txt,
+#      letta-proxy (cargo build --release)
 #   2. ../shared/letta/start_letta.sh: PostgreSQL+pgvector, fake LLM, Letta on the backend ports
 #      of config/e2e.toml (parts already running are reused and left running)
 #   3. Redis on a free port (temp dir, no persistence)
 #   4. letta-proxy --config config/e2e.toml, Redis URL from LETTA_PROXY__CACHE__REDIS_URL
-#   5. a cached venv with tests/e2e/requirements.txt, then pytest tests/e2e
+#   5. pytest tests/e2e
 #
 # Exit status: pytest's (5, "no tests collected", becomes 1); 2 when the setup failed, with the
 # reason on stderr (a package registry that cannot be reached is named as such).
 #
 # Env: BASE            start_letta.sh work dir (default /tmp/letta-e2e): Letta venv, pgdata, PID files
+#                      (PG_PORT and FAKE_LLM_PORT are honoured as start_letta.sh does)
 #      E2E_CACHE       where test venvs are cached (default $BASE/e2e-venvs)
 #      E2E_PROXY_BIN   use this letta-proxy binary instead of building one
 #      E2E_KEEP_LETTA  1: leave the Letta stack this script started running (proxy and Redis still stop)
@@ -101,12 +103,11 @@ registry_check() {  # $1 = registry name, $2.. = probe command through its ordin
   fi
   die "$name cannot be reached (probe: $*). The e2e suite needs it to install its dependencies; it did not run."
 }
-pypi_probe() { python3 -m pip index versions pip --disable-pip-version-check; }
 
 # ---------------------------------------------------------------- 0. read the config ------
 command -v python3 >/dev/null || die "python3 is required"
 [ -f "$CONFIG" ] || die "missing $CONFIG"
-[ -x "$START_LETTA" ] || [ -f "$START_LETTA" ] || die "missing $START_LETTA (shared/ must sit beside the repository)"
+[ -f "$START_LETTA" ] || die "missing $START_LETTA (shared/ must sit beside the repository)"
 # listen address and backends come from config/e2e.toml, the single source of truth
 eval "$(python3 - "$CONFIG" <<'PY'
 import sys, tomllib
@@ -130,6 +131,16 @@ if ! command -v redis-server >/dev/null; then
     || registry_check "the Debian package archive" apt-get update -qq
 fi
 
+REQS=$REPO/tests/e2e/requirements.txt
+VENV=$E2E_CACHE/venv-$(sha256sum "$REQS" | cut -c1-12)
+if [ ! -f "$VENV/.complete" ]; then
+  log "creating test venv $VENV"
+  rm -rf "$VENV"; mkdir -p "$E2E_CACHE"
+  python3 -m venv "$VENV" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+  { timeout 600 "$VENV/bin/pip" install -q --disable-pip-version-check -r "$REQS" && touch "$VENV/.complete"; } \
+    || registry_check "PyPI (through pip)" python3 -m pip index versions pip --disable-pip-version-check
+fi
+
 if [ -n "${E2E_PROXY_BIN:-}" ]; then
   PROXY_BIN=$E2E_PROXY_BIN
 else
@@ -143,8 +154,8 @@ fi
 "$PROXY_BIN" --config "$CONFIG" --check >"$WORK/check.log" 2>&1 || { cat "$WORK/check.log" >&2; die "letta-proxy --check rejects $CONFIG"; }
 
 # ---------------------------------------------------------------- 2. Letta stack ----------
-port_open 5433 || LETTA_STARTED+=(postgres)
-curl -sf http://127.0.0.1:8787/v1/models >/dev/null 2>&1 || LETTA_STARTED+=(fake_llm)
+port_open "${PG_PORT:-5433}" || LETTA_STARTED+=(postgres)
+curl -sf "http://127.0.0.1:${FAKE_LLM_PORT:-8787}/v1/models" >/dev/null 2>&1 || LETTA_STARTED+=(fake_llm)
 for port in $LETTA_PORTS; do
   curl -sf "http://127.0.0.1:$port/v1/health/" >/dev/null 2>&1 || LETTA_STARTED+=("letta-$port")
 done
@@ -152,7 +163,7 @@ log "start_letta.sh (LETTA_PORTS=\"$LETTA_PORTS\"; first run installs Letta: min
 LETTA_PORTS=$LETTA_PORTS timeout --kill-after=10 1500 bash "$START_LETTA" >"$WORK/start_letta.log" 2>&1 || {
   tail -n 40 "$WORK/start_letta.log" >&2
   if grep -qiE "pip|could not find a version|connection|resolve|download" "$WORK/start_letta.log"; then
-    registry_check "PyPI (through pip)" pypi_probe
+    registry_check "PyPI (through pip)" python3 -m pip index versions pip --disable-pip-version-check
   fi
   die "start_letta.sh failed (log: $WORK/start_letta.log)"
 }
@@ -169,7 +180,7 @@ wait_for "redis on :$REDIS_PORT" 15 bash -c "[ \"\$(redis-cli -p $REDIS_PORT pin
 
 # ---------------------------------------------------------------- 4. letta-proxy ----------
 port_open "$PROXY_PORT" && die "port $PROXY_PORT is already in use (a letta-proxy left over from another run?)"
-LETTA_PROXY__CACHE__REDIS_URL=redis://127.0.0.1:$REDIS_PORT RUST_LOG=${RUST_LOG:-info} \
+LETTA_PROXY__CACHE__REDIS_URL=redis://127.0.0.1:$REDIS_PORT RUST_LOG=${RUST_LOG:-info} NO_COLOR=1 \
   "$PROXY_BIN" --config "$CONFIG" >"$WORK/proxy.log" 2>&1 &
 PROXY_PID=$!
 PIDS_TO_STOP=("letta-proxy $PROXY_PID" "${PIDS_TO_STOP[@]}")   # stop the proxy first
@@ -181,17 +192,7 @@ until [ "$(curl -s -o /dev/null -w '%{http_code}' "$PROXY_URL/-/ready")" = 200 ]
 done
 log "letta-proxy ready on $PROXY_URL (pid $PROXY_PID)"
 
-# ---------------------------------------------------------------- 5. test venv + pytest ---
-REQS=$REPO/tests/e2e/requirements.txt
-VENV=$E2E_CACHE/venv-$(sha256sum "$REQS" | cut -c1-12)
-if [ ! -f "$VENV/.complete" ]; then
-  log "creating test venv $VENV"
-  rm -rf "$VENV"; mkdir -p "$E2E_CACHE"
-  python3 -m venv "$VENV" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
-  { timeout 600 "$VENV/bin/pip" install -q --disable-pip-version-check -r "$REQS" && touch "$VENV/.complete"; } \
-    || registry_check "PyPI (through pip)" pypi_probe
-fi
-
+# ---------------------------------------------------------------- 5. pytest ---------------
 log "pytest tests/e2e against $PROXY_URL"
 set +e
 ( cd "$REPO" && LETTA_PROXY_URL=$PROXY_URL LETTA_E2E_REQUIRE_PROXY=1 LETTA_E2E_BACKENDS=$BACKENDS \

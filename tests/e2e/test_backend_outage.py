@@ -54,10 +54,9 @@ class Reader(threading.Thread):
         i = 0
         while not self.stop.is_set():
             try:
-                response = reads[i % len(reads)]()
-                status = getattr(response, "status_code", None) or response.http_response.status_code
-                if status != 200:
-                    self.failures.append(f"read {i}: HTTP {status}")
+                response = reads[i % len(reads)]()  # the SDK raises on an error status itself
+                if response.status_code != 200:
+                    self.failures.append(f"read {i}: HTTP {response.status_code}")
                 else:
                     self.answered_by.append(response.headers.get(BACKEND_HEADER))
             except Exception as exc:  # noqa: BLE001 - every failure is the finding
@@ -95,7 +94,8 @@ def test_reads_survive_a_letta_server_stopping_and_it_rejoins(target, http, agen
         time.sleep(1.0)  # reads flow to both servers
         os.kill(pid, signal.SIGTERM)
         wait_until(lambda: not _alive(pid), timeout=30, what=f"letta on port {port} (pid {pid}) to exit")
-        stopped_at = len(reader.answered_by)
+        # +1: a read answered just before the exit may be recorded just after it
+        stopped_at = len(reader.answered_by) + 1
         time.sleep(4.0)  # keep reading with the server gone
         reader.stop.set()
         reader.join(timeout=30)
@@ -103,7 +103,7 @@ def test_reads_survive_a_letta_server_stopping_and_it_rejoins(target, http, agen
         after_stop = reader.answered_by[stopped_at:]
         assert not reader.failures, f"{len(reader.failures)} read(s) failed: {reader.failures[:5]}"
         assert len(after_stop) >= 20, f"too few reads while {victim} was down: {len(after_stop)}"
-        assert Counter(after_stop) == Counter({survivor: len(after_stop)})
+        assert set(after_stop) == {survivor}, Counter(after_stop)
     finally:
         reader.stop.set()
         _restart_letta(letta_recipe, target)  # always: later runs and the developer's stack need it

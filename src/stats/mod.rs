@@ -1,0 +1,115 @@
+//! Live statistics a person can read: `GET /-/stats` (JSON) and `GET /-/status`
+//! (a small self-refreshing HTML page rendering the same JSON).
+//!
+//! Latency percentiles and error rates come from sliding windows ([`window`]);
+//! CPU and memory from the Prometheus process collector; the cache hit ratio
+//! from the cache's counters. Backends are shown by name only: this is served on
+//! the main listener, which must not reveal internal addresses.
+
+pub mod window;
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::proxy::Proxy;
+use window::Summary;
+
+/// Window the percentiles are computed over.
+pub const WINDOW: Duration = Duration::from_secs(60);
+
+/// The `/-/stats` document.
+#[derive(Debug, Serialize)]
+pub struct Snapshot {
+    pub window_seconds: u64,
+    pub strategy: &'static str,
+    pub overall: Summary,
+    pub in_flight: u64,
+    pub backends: Vec<BackendStats>,
+    /// Cache hits / (hits + misses) since start; `null` before any cacheable request.
+    pub cache_hit_ratio: Option<f64>,
+    pub process: ProcessStats,
+}
+
+/// One backend's line.
+#[derive(Debug, Serialize)]
+pub struct BackendStats {
+    pub name: String,
+    pub healthy: bool,
+    pub ejected: bool,
+    pub draining: bool,
+    pub in_flight: u64,
+    pub max_in_flight: u64,
+    #[serde(flatten)]
+    pub window: Summary,
+}
+
+/// CPU and memory of the proxy process.
+#[derive(Debug, Default, Serialize)]
+pub struct ProcessStats {
+    pub cpu_seconds: f64,
+    pub resident_memory_bytes: f64,
+    pub open_fds: f64,
+}
+
+/// Builds the snapshot.
+pub fn snapshot(proxy: &Proxy) -> Snapshot {
+    let now = proxy.upstreams.now_ns();
+    let set = proxy.upstreams.load();
+    let backends: Vec<BackendStats> = set
+        .backends
+        .iter()
+        .map(|b| BackendStats {
+            name: b.name.to_string(),
+            healthy: b.is_healthy(),
+            ejected: b.outlier.is_ejected(now),
+            draining: b.is_draining(),
+            in_flight: b.in_flight(),
+            max_in_flight: b.max_in_flight(),
+            window: b.window.summary(now, WINDOW),
+        })
+        .collect();
+    let families = proxy.metrics.gather();
+    let value = |name: &str| -> Option<f64> {
+        families.iter().find(|f| f.name() == name).map(|f| {
+            f.get_metric()
+                .iter()
+                .map(|m| match f.get_field_type() {
+                    prometheus::proto::MetricType::COUNTER => m.get_counter().value(),
+                    _ => m.get_gauge().value(),
+                })
+                .sum()
+        })
+    };
+    let sum_matching = |name: &str, label: &str, values: &[&str]| -> f64 {
+        families
+            .iter()
+            .filter(|f| f.name() == name)
+            .flat_map(|f| f.get_metric().iter())
+            .filter(|m| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == label && values.contains(&l.value()))
+            })
+            .map(|m| m.get_counter().value())
+            .sum()
+    };
+    let hits = sum_matching("letta_proxy_cache_requests_total", "result", &["hit"]);
+    let misses = sum_matching("letta_proxy_cache_requests_total", "result", &["miss"]);
+    Snapshot {
+        window_seconds: WINDOW.as_secs(),
+        strategy: proxy.config().balancer.strategy.as_str(),
+        overall: proxy.window.summary(now, WINDOW),
+        in_flight: set.backends.iter().map(|b| b.in_flight()).sum(),
+        backends,
+        cache_hit_ratio: (hits + misses > 0.0).then(|| hits / (hits + misses)),
+        process: ProcessStats {
+            cpu_seconds: value("process_cpu_seconds_total").unwrap_or(0.0),
+            resident_memory_bytes: value("process_resident_memory_bytes").unwrap_or(0.0),
+            open_fds: value("process_open_fds").unwrap_or(0.0),
+        },
+    }
+}
+
+/// The `/-/status` page: no build step, no external assets.
+pub const STATUS_PAGE: &str = include_str!("status.html");
