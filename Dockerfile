@@ -8,8 +8,9 @@
 # config/letta-proxy.toml for every key, config/compose.toml for the compose setup). Inside a
 # container `[server] listen` must be "0.0.0.0:8300", not the loopback default.
 
-# Must be at least the crate's rust-version (Cargo.toml).
-ARG RUST_VERSION=1.88
+# The toolchain the project is built and tested with. Cargo.lock needs at least 1.89
+# (uuid 1.29, through moka), whatever Cargo.toml's rust-version says.
+ARG RUST_VERSION=1.95
 
 FROM rust:${RUST_VERSION}-slim-bookworm AS builder
 WORKDIR /src

@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use crate::balance::BalancerConfig;
+pub use crate::cache::CacheConfig;
 
 /// Prefix of environment variables that override config keys.
 pub const ENV_PREFIX: &str = "LETTA_PROXY__";
@@ -198,32 +199,6 @@ impl Default for HealthConfig {
     }
 }
 
-/// `[cache]`: the response cache.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CacheConfig {
-    pub enabled: bool,
-    /// Default time to live of a cached response.
-    #[serde(with = "humantime_serde")]
-    pub ttl: Duration,
-    /// Shared second tier; `None` keeps the cache in memory only.
-    pub redis_url: Option<String>,
-    /// Memory budget of the in-process tier.
-    #[serde(deserialize_with = "de_size")]
-    pub max_bytes: u64,
-}
-
-impl Default for CacheConfig {
-    fn default() -> Self {
-        CacheConfig {
-            enabled: true,
-            ttl: Duration::from_secs(30),
-            redis_url: None,
-            max_bytes: 64 * 1024 * 1024,
-        }
-    }
-}
-
 /// `[limits]`: concurrency caps that protect the proxy and the backends.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -278,7 +253,9 @@ impl Default for LimitsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
-    /// Serve `GET /metrics` on the main listener.
+    /// Record per-request metrics and serve `GET /metrics`. Off saves the
+    /// histogram update per request; per-backend counters are always kept (the
+    /// balancer and `/-/stats` use them).
     pub enabled: bool,
 }
 
@@ -435,6 +412,7 @@ impl Config {
         if self.server.max_connections == 0 {
             return Err("server.max_connections must be at least 1".into());
         }
+        self.cache.validate()?;
         Ok(())
     }
 }
@@ -495,7 +473,7 @@ fn parse_env_value(raw: &str) -> toml::Value {
 }
 
 /// Reads a size: an integer number of bytes or a string such as `"32MiB"`, `"1.5 GB"`.
-fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+pub(crate) fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Raw {
@@ -568,6 +546,31 @@ mod tests {
         );
         assert_eq!(c.server.max_body_size, d.server.max_body_size);
         assert_eq!(c.backends[0].url, d.backends[0].url);
+        let (cc, dc) = (&c.cache, &d.cache);
+        assert_eq!(
+            cc.rules, dc.rules,
+            "[[cache.rules]] in the file = the defaults"
+        );
+        assert_eq!(cc.vary_headers, dc.vary_headers);
+        assert_eq!(
+            (cc.ttl, cc.max_bytes, cc.max_entry_size, cc.max_scan_body),
+            (dc.ttl, dc.max_bytes, dc.max_entry_size, dc.max_scan_body)
+        );
+        assert_eq!(
+            (
+                cc.redis_timeout,
+                cc.redis_cooldown,
+                cc.fill_timeout,
+                cc.coalesce_timeout
+            ),
+            (
+                dc.redis_timeout,
+                dc.redis_cooldown,
+                dc.fill_timeout,
+                dc.coalesce_timeout
+            )
+        );
+        assert_eq!(cc.suppress_unchanged_writes, dc.suppress_unchanged_writes);
     }
 
     #[test]

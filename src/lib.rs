@@ -11,6 +11,9 @@
 //!
 //! - [`server`]: accepts HTTP/1.1 and h2c connections, answers the proxy's own
 //!   paths (`/metrics`, `/-/healthy`, `/-/ready`), drains on shutdown.
+//! - [`cache`]: the response cache as a tower layer in front of the proxy:
+//!   in-process and Redis tiers, identity-scoped keys, invalidation by Letta
+//!   ids across instances, coalescing, unchanged-write suppression.
 //! - [`proxy`]: forwards one request: header rules ([`proxy::headers`]), the
 //!   pooled client ([`proxy::client`]), bodies streamed both ways with the
 //!   in-flight slot released at the end of the response body ([`proxy::body`]).
@@ -35,6 +38,7 @@
 
 pub mod backend;
 pub mod balance;
+pub mod cache;
 pub mod config;
 pub mod error;
 pub mod health;

@@ -4,8 +4,11 @@
 //! Every answer names the replica that served it (`x-standin-name` and a
 //! `served_by` field). Query parameters make it misbehave on demand, on any path:
 //! `delay_ms=N` waits before the headers, `status=N` answers with that status,
-//! `hang=1` never answers. `POST …/messages/stream?events=N&interval_ms=M` streams
-//! N Server-Sent Events M ms apart, then `data: [DONE]`. `/__echo` streams the
+//! `hang=1` never answers; `blocks=`/`mention=` put ids in the JSON,
+//! `cache_control=`/`vary=` set those response headers (cache tests); a
+//! `served_seq` field tells a fresh answer from a replayed one.
+//! `POST …/messages/stream?events=N&interval_ms=M` streams N Server-Sent
+//! Events M ms apart, then `data: [DONE]`. `/__echo` streams the
 //! request body back; `/__headers` returns the request headers; `/__bytes?n=N`
 //! streams N deterministic bytes. [`Stats`] records what reached it, and
 //! [`StandIn::set_mode`] makes the whole replica hang or fail (health included).
@@ -36,12 +39,15 @@ pub enum Mode {
     Hang,
     /// Answers every request with this status.
     Fail(u16),
+    /// Answers normally after this many milliseconds (a slow replica).
+    Slow(u16),
 }
 
 /// What reached a stand-in, for assertions.
 #[derive(Debug, Default)]
 pub struct Stats {
-    /// Current [`Mode`], encoded: 0 normal, 1 hang, else the status to fail with.
+    /// Current [`Mode`], encoded: 0 normal, 1 hang, 100..=599 the status to fail
+    /// with, 1_000_000 + ms slow.
     mode: AtomicU64,
     /// Requests received (any path).
     pub requests: AtomicU64,
@@ -119,6 +125,7 @@ impl StandIn {
             Mode::Normal => 0,
             Mode::Hang => 1,
             Mode::Fail(status) => u64::from(status),
+            Mode::Slow(ms) => SLOW + u64::from(ms),
         };
         self.stats.mode.store(code, Ordering::SeqCst);
     }
@@ -166,11 +173,18 @@ async fn accept_loop(listener: TcpListener, app: Router) {
     }
 }
 
+/// Offset of [`Mode::Slow`] in the encoded mode.
+const SLOW: u64 = 1_000_000;
+
 /// Applies the replica-wide [`Mode`]: `Some(response)` when it overrides the answer.
 async fn misbehave(app: &App) -> Option<Response> {
     match app.stats.mode.load(Ordering::SeqCst) {
         0 => None,
         1 => std::future::pending().await,
+        slow if slow >= SLOW => {
+            tokio::time::sleep(Duration::from_millis(slow - SLOW)).await;
+            None
+        }
         status => {
             let status =
                 StatusCode::from_u16(status as u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -293,15 +307,41 @@ async fn letta(State(app): State<App>, Query(q): Params, req: Request) -> Respon
     let body = axum::body::to_bytes(body, usize::MAX)
         .await
         .unwrap_or_default();
-    let json = serde_json::json!({
+    let mut json = serde_json::json!({
         "id": path.rsplit('/').find(|s| !s.is_empty()).unwrap_or(""),
         "path": path,
         "method": parts.method.as_str(),
         "served_by": &*app.name,
+        // Which request of this replica produced the answer: a cached answer
+        // shows an older number than a fresh one.
+        "served_seq": app.stats.requests.load(Ordering::SeqCst),
         "request_bytes": body.len(),
         "object": "stand-in",
     });
+    // `blocks=a,b`: the answer lists these blocks as an agent's memory does;
+    // `mention=a,b`: it names these ids (as an agent's state names its tools).
+    if let Some(list) = q.get("blocks") {
+        let blocks: Vec<_> = list
+            .split(',')
+            .filter(|b| !b.is_empty())
+            .map(|b| serde_json::json!({"id": b}))
+            .collect();
+        json["blocks"] = serde_json::json!(blocks);
+        json["memory"] = serde_json::json!({ "blocks": blocks });
+    }
+    if let Some(list) = q.get("mention") {
+        json["mentions"] = serde_json::json!(list.split(',').collect::<Vec<_>>());
+    }
     let mut r = (status, axum::Json(json)).into_response();
+    // `cache_control=…`, `vary=…`: response headers a cache must honour.
+    for (param, name) in [
+        ("cache_control", header::CACHE_CONTROL),
+        ("vary", header::VARY),
+    ] {
+        if let Some(v) = q.get(param).and_then(|v| HeaderValue::from_str(v).ok()) {
+            r.headers_mut().insert(name, v);
+        }
+    }
     *r.body_mut() = tracked(std::mem::take(r.body_mut()), guard);
     named(&app, r)
 }

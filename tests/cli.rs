@@ -81,3 +81,100 @@ fn environment_overrides_apply_and_are_validated() {
     assert_eq!(code, 2);
     assert!(err.contains("LETTA_PROXY__SERVER__LISTEN"), "{err}");
 }
+
+/// The real binary: JSON access log without secrets, SIGHUP reload, SIGTERM exit 0.
+#[tokio::test]
+async fn the_binary_logs_reloads_on_sighup_and_exits_cleanly_on_sigterm() {
+    use std::io::Read;
+    use std::time::Duration;
+
+    let backend = letta_proxy::standin::StandIn::start("be1").await.unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let text = |strategy: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[balancer]\nstrategy = \"{strategy}\"\n[health]\nenabled = false\n\
+             [log]\nformat = \"json\"\n[[backends]]\nname = \"be1\"\nurl = \"{}\"\n",
+            backend.url()
+        )
+    };
+    let file = write(&text("round_robin"));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_letta-proxy"))
+        .args(["--config", file.path().to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    let c = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url =
+        format!("http://127.0.0.1:{port}/v1/agents/agent-00000000-0000-4000-8000-000000000001");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let resp = loop {
+        match c
+            .get(&url)
+            .header("authorization", "Bearer sk-top-secret")
+            .send()
+            .await
+        {
+            Ok(r) => break r,
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(e) => panic!("proxy never came up: {e}"),
+        }
+    };
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap();
+    std::fs::write(file.path(), text("random")).unwrap();
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    // Wait for the reload to be visible, then stop.
+    let metrics = format!("http://127.0.0.1:{port}/metrics");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = c.get(&metrics).send().await.unwrap().text().await.unwrap();
+        if m.contains("letta_proxy_config_reloads_total{result=\"success\"} 1") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGHUP reload not seen"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "graceful exit");
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    assert!(!logs.contains("sk-top-secret"), "secrets never logged");
+    let access: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "letta_proxy::access")
+        .collect();
+    let first = access
+        .iter()
+        .find(|v| v["route"] == "/v1/agents/{agent_id}")
+        .expect("access line");
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["backend"], "be1");
+    assert_eq!(first["request_id"].as_str().unwrap().len(), 32);
+    assert!(first["duration_ms"].is_number() && first["bytes"].as_u64().unwrap() > 0);
+    assert!(logs.contains("config reloaded"), "{logs}");
+}

@@ -24,9 +24,10 @@ use crate::limit::queue::{Attempt, WaitQueue};
 pub use guard::InFlight;
 pub use url::BackendUrl;
 
-use crate::balance::{self, BackendSpec, BalancerConfig, LoadView, PickRequest, Strategy};
+use crate::balance::{self, BackendSpec, LoadView, PickRequest, Strategy};
 use crate::config::Config;
 use crate::metrics::{BackendMetrics, Metrics};
+use crate::proxy::pool::{Pool, PoolConfig};
 
 /// One Letta server and its live state.
 pub struct Backend {
@@ -58,6 +59,8 @@ pub struct Backend {
     pub metrics: BackendMetrics,
     /// Recent outcomes, for `/-/stats`.
     pub window: crate::stats::window::Window,
+    /// Keep-alive connections to this backend (kept across reloads with the backend).
+    pub pool: Arc<Pool>,
 }
 
 impl Backend {
@@ -247,9 +250,7 @@ impl Upstreams {
                         b.max_in_flight.store(max, Ordering::Relaxed);
                         b.clone()
                     }
-                    None => {
-                        Arc::new(self.new_backend(&bc.name, url, bc.weight, max, &config.balancer))
-                    }
+                    None => Arc::new(self.new_backend(&bc.name, url, bc.weight, max, config)),
                 }
             })
             .collect();
@@ -281,8 +282,10 @@ impl Upstreams {
         url: BackendUrl,
         weight: u32,
         max: u64,
-        bal: &BalancerConfig,
+        config: &Config,
     ) -> Backend {
+        let bal = &config.balancer;
+        let server = &config.server;
         Backend {
             name: Arc::from(name),
             url,
@@ -299,6 +302,11 @@ impl Upstreams {
             latency: balance::PeakEwma::new(bal.ewma_decay, bal.error_penalty),
             metrics: self.metrics.backend(name),
             window: Default::default(),
+            pool: Pool::new(PoolConfig {
+                connect_timeout: server.connect_timeout,
+                idle_timeout: server.pool_idle_timeout,
+                max_idle: server.pool_max_idle_per_backend,
+            }),
         }
     }
 
@@ -322,27 +330,28 @@ impl Upstreams {
     ) -> Attempt<(usize, InFlight)> {
         let set = self.load();
         let now = self.now_ns();
-        let panic_mode = !set.backends.iter().any(|b| b.is_usable(now));
-        let view = LiveView {
+        let total = self.total_in_flight.load(Ordering::Relaxed);
+        let mut view = LiveView {
             set: &set,
             tried,
-            total: self.total_in_flight.load(Ordering::Relaxed),
+            total,
             now,
-            panic_mode,
+            panic_mode: false,
         };
-        // A pick can lose a race for a backend's last slot; pick again a few times.
-        for _ in 0..set.backends.len().clamp(1, 4) {
-            let Some(i) = set.strategy.pick(&view, req, rng) else {
-                break;
-            };
-            if let Some(guard) = set.backends[i].try_acquire() {
-                set.selections[i].inc();
-                return Attempt::Got((i, guard));
+        if let Some(got) = pick_and_take(&set, &view, req, rng) {
+            return Attempt::Got(got);
+        }
+        // Nothing eligible. Only now (not on every request) ask whether that is
+        // because every backend is down by health: then try them anyway.
+        if !set.backends.iter().any(|b| b.is_usable(now)) {
+            view.panic_mode = true;
+            if let Some(got) = pick_and_take(&set, &view, req, rng) {
+                return Attempt::Got(got);
             }
         }
         // Busy (worth queueing) only if some backend could take it once a slot frees.
         let could = set.backends.iter().enumerate().any(|(i, b)| {
-            !tried.contains(&i) && !b.is_draining() && (panic_mode || b.is_usable(now))
+            !tried.contains(&i) && !b.is_draining() && (view.panic_mode || b.is_usable(now))
         });
         if could {
             Attempt::Busy
@@ -378,6 +387,24 @@ impl Upstreams {
     pub fn record_success(&self, backend: &Backend) {
         backend.outlier.success();
     }
+}
+
+/// Picks with `view` and takes a slot; a pick can lose a race for a backend's
+/// last slot, so it picks again a few times.
+fn pick_and_take(
+    set: &BackendSet,
+    view: &LiveView<'_>,
+    req: &PickRequest<'_>,
+    rng: &mut dyn RngCore,
+) -> Option<(usize, InFlight)> {
+    for _ in 0..set.backends.len().clamp(1, 4) {
+        let i = set.strategy.pick(view, req, rng)?;
+        if let Some(guard) = set.backends[i].try_acquire() {
+            set.selections[i].inc();
+            return Some((i, guard));
+        }
+    }
+    None
 }
 
 fn outlier_policy(config: &Config) -> OutlierPolicy {

@@ -23,10 +23,11 @@ use http_body_util::{LengthLimitError, Limited};
 use hyper::body::Incoming;
 use tokio::time::Sleep;
 
-use crate::backend::InFlight;
+use crate::backend::{Backend, InFlight};
 use crate::error::BoxError;
 use crate::limit::global::GlobalPermit;
 use crate::limit::ordering::WriteTurn;
+use crate::proxy::pool::Pooled;
 
 /// What a request holds until its response body ends: its backend slot, its
 /// agent's write turn, its place under the global cap.
@@ -35,6 +36,8 @@ pub struct Holds {
     pub in_flight: InFlight,
     pub write_turn: Option<WriteTurn>,
     pub global: Option<GlobalPermit>,
+    /// The upstream connection: back to its pool when the body ended cleanly.
+    pub conn: Option<Pooled>,
 }
 
 type ClientBody = Limited<InboundBody>;
@@ -247,6 +250,38 @@ pub enum ResponseBody {
     Full(Option<Bytes>),
     /// A backend's body, streamed.
     Upstream(Box<Streamed>),
+    /// Another body, streamed unchanged while a [`BodyObserver`] sees each
+    /// chunk (the cache copying a miss as it goes to the client).
+    Observed(Box<Observed>),
+}
+
+/// Sees a body pass by without holding it up.
+pub trait BodyObserver: Send + 'static {
+    /// A data chunk, as it is handed to the client.
+    fn data(&mut self, chunk: &Bytes);
+    /// Called once: `ok` when the body ended normally, false when it failed or
+    /// was dropped before its end (the client went away).
+    fn end(self: Box<Self>, ok: bool);
+}
+
+/// A body and its observer.
+pub struct Observed {
+    inner: ResponseBody,
+    observer: Option<Box<dyn BodyObserver>>,
+}
+
+impl Observed {
+    fn finish(&mut self, ok: bool) {
+        if let Some(o) = self.observer.take() {
+            o.end(ok);
+        }
+    }
+}
+
+impl Drop for Observed {
+    fn drop(&mut self) {
+        self.finish(false);
+    }
 }
 
 /// A backend body in flight, with what must happen when it ends.
@@ -257,6 +292,8 @@ pub struct Streamed {
     /// Released on drop, i.e. when the body ends or the client goes away.
     holds: Option<Holds>,
     on_complete: Option<Box<dyn OnComplete>>,
+    /// The backend that produced it (outlives `holds`, for the observation record).
+    backend: Arc<Backend>,
     /// Outcome once the body ended (kept for an `on_complete` attached later).
     ended: Option<BodyOutcome>,
     bytes: u64,
@@ -271,6 +308,7 @@ impl ResponseBody {
     /// A backend's body, keeping `holds` until its end.
     pub fn upstream(inner: Incoming, idle_timeout: Duration, holds: Holds) -> ResponseBody {
         let mut s = Streamed {
+            backend: holds.in_flight.backend().clone(),
             inner,
             idle_timeout,
             idle: None,
@@ -285,6 +323,15 @@ impl ResponseBody {
         ResponseBody::Upstream(Box::new(s))
     }
 
+    /// The backend whose answer this is (`None` for the proxy's own answers and cache hits).
+    pub fn served_by(&self) -> Option<&Arc<Backend>> {
+        match self {
+            ResponseBody::Full(_) => None,
+            ResponseBody::Upstream(s) => Some(&s.backend),
+            ResponseBody::Observed(o) => o.inner.served_by(),
+        }
+    }
+
     /// Calls `done` once the body has been delivered (at once for in-memory bodies).
     pub fn on_end(&mut self, done: Box<dyn OnComplete>) {
         match self {
@@ -296,7 +343,21 @@ impl ResponseBody {
                 Some(outcome) => done.complete(outcome),
                 None => s.on_complete = Some(done),
             },
+            ResponseBody::Observed(o) => o.inner.on_end(done),
         }
+    }
+
+    /// `inner`, with `observer` seeing every chunk and the end.
+    pub fn observed(inner: ResponseBody, observer: Box<dyn BodyObserver>) -> ResponseBody {
+        let mut o = Observed {
+            inner,
+            observer: Some(observer),
+        };
+        // An empty body may never be polled: it has ended already.
+        if o.inner.is_end_stream() {
+            o.finish(true);
+        }
+        ResponseBody::Observed(Box::new(o))
     }
 }
 
@@ -310,7 +371,12 @@ impl Streamed {
             bytes: self.bytes,
         };
         self.ended = Some(outcome);
-        self.holds = None;
+        if let Some(mut holds) = self.holds.take() {
+            // Only a connection whose response was read to the end can carry another.
+            if let (true, Some(conn)) = (ok, holds.conn.take()) {
+                conn.release();
+            }
+        }
         self.idle = None;
         if let Some(done) = self.on_complete.take() {
             done.complete(outcome);
@@ -336,6 +402,23 @@ impl Body for ResponseBody {
         match &mut *self {
             ResponseBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ResponseBody::Upstream(s) => s.poll_frame(cx),
+            ResponseBody::Observed(o) => {
+                let polled = Pin::new(&mut o.inner).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let (Some(obs), Some(data)) = (o.observer.as_mut(), frame.data_ref()) {
+                            obs.data(data);
+                        }
+                        if o.inner.is_end_stream() {
+                            o.finish(true);
+                        }
+                    }
+                    Poll::Ready(Some(Err(_))) => o.finish(false),
+                    Poll::Ready(None) => o.finish(true),
+                    Poll::Pending => {}
+                }
+                polled
+            }
         }
     }
 
@@ -343,6 +426,7 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Full(b) => b.is_none(),
             ResponseBody::Upstream(s) => s.ended.is_some() || s.inner.is_end_stream(),
+            ResponseBody::Observed(o) => o.inner.is_end_stream(),
         }
     }
 
@@ -351,6 +435,7 @@ impl Body for ResponseBody {
             ResponseBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ResponseBody::Full(None) => SizeHint::with_exact(0),
             ResponseBody::Upstream(s) => s.inner.size_hint(),
+            ResponseBody::Observed(o) => o.inner.size_hint(),
         }
     }
 }
@@ -364,6 +449,13 @@ impl Streamed {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     self.bytes += data.len() as u64;
+                }
+                // hyper stops polling once `is_end_stream()` says so (a body with a
+                // Content-Length ends with its last data frame, not with `None`):
+                // finish here, or the end would only be seen as a drop.
+                if self.inner.is_end_stream() {
+                    self.finish(true);
+                    return Poll::Ready(Some(Ok(frame)));
                 }
                 // Progress: push the idle deadline back.
                 if let Some(idle) = self.idle.as_mut() {

@@ -25,8 +25,26 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+/// Whether `name` is hop-by-hop by definition (not counting what `Connection` names).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    *name == header::CONNECTION
+        || *name == header::TE
+        || *name == header::TRAILER
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::UPGRADE
+        || *name == header::PROXY_AUTHORIZATION
+        || *name == header::PROXY_AUTHENTICATE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+}
+
 /// Removes hop-by-hop headers, including those `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass over the (few) headers present instead of nine lookups: most
+    // requests carry none of them, and then this is all it costs.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     // Fast path: most requests carry none of them.
     if let Some(conn) = headers.get(header::CONNECTION) {
         if conn.as_bytes().eq_ignore_ascii_case(b"keep-alive")

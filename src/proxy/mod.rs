@@ -7,9 +7,9 @@
 //! body to the client with the slot inside, released when the body ends.
 
 pub mod body;
-pub mod client;
 pub mod headers;
 pub mod observe;
+pub mod pool;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -75,7 +75,6 @@ pub struct Proxy {
     pub metrics: Metrics,
     /// Recent outcomes over every backend, for `/-/stats`.
     pub window: Window,
-    client: client::UpstreamClient,
     writes: Arc<WriteOrdering>,
     /// The file the config came from, for reloads.
     config_path: Option<PathBuf>,
@@ -136,7 +135,6 @@ fn with_rng<T>(f: impl FnOnce(&mut SmallRng) -> T) -> T {
 /// A backend's answer, with what the request holds until its body ends.
 struct Forwarded {
     resp: Response<Incoming>,
-    backend: Arc<Backend>,
     holds: Holds,
 }
 
@@ -164,14 +162,12 @@ impl Proxy {
     pub fn new(config: Config) -> Proxy {
         let metrics = Metrics::new();
         let upstreams = Arc::new(Upstreams::new(&config, metrics.clone()));
-        let client = client::build(&config.server);
         Proxy {
             live: ArcSwap::from_pointee(Live::new(config)),
             writes: WriteOrdering::new(),
             window: Window::new(),
             upstreams,
             metrics,
-            client,
             config_path: None,
             changing: std::sync::Mutex::new(()),
             purger: std::sync::OnceLock::new(),
@@ -254,6 +250,11 @@ impl Proxy {
         self.live.store(Arc::new(Live::new(config)));
     }
 
+    /// Whether per-request metrics are recorded (`[metrics] enabled`).
+    pub fn metrics_enabled(&self) -> bool {
+        self.live.load().config.metrics.enabled
+    }
+
     /// Whether access logging is on.
     pub fn access_log(&self) -> bool {
         self.live.load().config.log.access_log
@@ -261,7 +262,7 @@ impl Proxy {
 
     /// Forwards `req` to a backend and returns the backend's answer (or the
     /// proxy's own error answer). The client address comes from [`ClientAddr`];
-    /// the backend that answered is in the [`observe::ServedBy`] extension.
+    /// the backend that answered is named by [`ResponseBody::served_by`].
     pub async fn forward(&self, req: Request<InboundBody>) -> Response<ResponseBody> {
         let live = self.live.load_full();
         let peer = req
@@ -280,13 +281,8 @@ impl Proxy {
             .send(&live, &mut parts, body, &path_and_query, &route, peer)
             .await
         {
-            Ok(Forwarded {
-                resp,
-                backend,
-                holds,
-            }) => {
-                let (mut rparts, rbody) = resp.into_parts();
-                rparts.extensions.insert(observe::ServedBy(backend));
+            Ok(Forwarded { resp, holds }) => {
+                let (rparts, rbody) = resp.into_parts();
                 let body =
                     ResponseBody::upstream(rbody, live.config.server.body_idle_timeout, holds);
                 Response::from_parts(rparts, body)
@@ -393,7 +389,7 @@ impl Proxy {
         };
         let backend_count = self.upstreams.load().backends.len();
         live.retry_budget.deposit();
-        let mut tried: Vec<usize> = Vec::new();
+        let mut tried = Tried::default();
         let mut retried = false;
         let mut last_err: Option<ProxyError> = None;
         let mut write_turn = write_turn;
@@ -402,7 +398,9 @@ impl Proxy {
             let acquired = self
                 .upstreams
                 .queue
-                .acquire(|| with_rng(|rng| self.upstreams.try_acquire(&pick, &tried, rng)))
+                .acquire(|| {
+                    with_rng(|rng| self.upstreams.try_acquire(&pick, tried.as_slice(), rng))
+                })
                 .await;
             let (index, in_flight) = match acquired {
                 Ok(((i, slot_guard), waited)) => {
@@ -443,14 +441,35 @@ impl Proxy {
             let others_left = tried.len() < backend_count;
             // Safe, replayable, not yet retried, budget permitting: worth another backend.
             let may_retry_safely = is_read && slot.is_replayable() && !retried && others_left;
-            let up = self.upstream_request(parts, path_and_query, &backend, &slot, others_left)?;
             let sent_at = Instant::now();
-            let outcome =
-                tokio::time::timeout(server.response_header_timeout, self.client.request(up)).await;
+            // Connect (or reuse) before building the request: a failed connect
+            // consumes nothing, so the next backend gets it whatever its method.
+            let checkout = match backend.pool.checkout(&backend.url.authority).await {
+                Ok(conn) => Ok(conn),
+                Err(e) => Err(SendError::NotSent(e, None)),
+            };
+            let outcome = match checkout {
+                Ok(mut conn) => {
+                    let up = self.upstream_request(
+                        parts,
+                        path_and_query,
+                        &backend,
+                        &slot,
+                        may_retry_safely,
+                    );
+                    let sent = send_on(&backend, &mut conn, up);
+                    match tokio::time::timeout(server.response_header_timeout, sent).await {
+                        Ok(Ok(resp)) => Ok(Ok((resp, conn))),
+                        Ok(Err(e)) => Ok(Err(e)),
+                        Err(elapsed) => Err(elapsed),
+                    }
+                }
+                Err(e) => Ok(Err(e)),
+            };
             let elapsed = sent_at.elapsed();
             let now = self.upstreams.now_ns();
             let retry = match outcome {
-                Ok(Ok(mut resp)) => {
+                Ok(Ok((mut resp, conn))) => {
                     let status = resp.status();
                     backend.metrics.ttfb.observe(elapsed.as_secs_f64());
                     backend.metrics.response(status.as_u16());
@@ -473,16 +492,16 @@ impl Proxy {
                             in_flight,
                             write_turn: write_turn.take(),
                             global: global.take(),
+                            conn: Some(conn),
                         };
-                        return Ok(Forwarded {
-                            resp,
-                            backend,
-                            holds,
-                        });
+                        return Ok(Forwarded { resp, holds });
                     }
                 }
-                Ok(Err(err)) if err.is_connect() && !slot.is_spent() => {
+                Ok(Err(SendError::NotSent(err, unsent))) => {
                     // Nothing reached the backend: the next one may have it, whatever the method.
+                    if let Some(req) = unsent {
+                        parts.headers = req.into_parts().0.headers;
+                    }
                     backend.metrics.connect_errors.inc();
                     backend.latency.observe_error(elapsed, now);
                     self.upstreams.record_failure(&backend);
@@ -496,7 +515,7 @@ impl Proxy {
                     }
                     Retry::Connect
                 }
-                Ok(Err(err)) => {
+                Ok(Err(SendError::Failed(err))) => {
                     if body::is_body_too_large(&err) {
                         return Err(ProxyError::BodyTooLarge {
                             limit: server.max_body_size,
@@ -543,7 +562,7 @@ impl Proxy {
     }
 
     /// The request as sent to `backend`: same method, path and query byte for
-    /// byte, prepared headers (moved on the last possible attempt, copied otherwise).
+    /// byte, prepared headers (copied when the request may be retried, moved otherwise).
     fn upstream_request(
         &self,
         parts: &mut http::request::Parts,
@@ -551,13 +570,9 @@ impl Proxy {
         backend: &Backend,
         slot: &BodySlot,
         may_retry: bool,
-    ) -> Result<Request<body::RequestBody>, ProxyError> {
-        let uri = Uri::builder()
-            .scheme(backend.url.scheme.clone())
-            .authority(backend.url.authority.clone())
-            .path_and_query(path_and_query.clone())
-            .build()
-            .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
+    ) -> Request<body::RequestBody> {
+        // Origin form (`/v1/agents/?limit=5`) on a connection to the backend.
+        let uri = Uri::from(path_and_query.clone());
         let mut up = Request::new(slot.attempt());
         *up.method_mut() = parts.method.clone();
         *up.uri_mut() = uri;
@@ -567,12 +582,91 @@ impl Proxy {
         } else {
             std::mem::take(&mut parts.headers)
         };
-        Ok(up)
+        if !up.headers().contains_key(header::HOST) {
+            // `preserve_host` off, or an HTTP/1.0 client without Host.
+            let host = HeaderValue::from_str(backend.url.authority.as_str())
+                .expect("authority is a valid header");
+            up.headers_mut().insert(header::HOST, host);
+        }
+        up
     }
 
     /// Agents and blocks with writes running or waiting now.
     pub fn agents_being_written(&self) -> usize {
         self.writes.active_keys()
+    }
+}
+
+/// Why an exchange failed, split by whether any of the request was sent.
+enum SendError {
+    /// Nothing was sent (connect failed); the request is handed back when it was built.
+    /// (Boxed: the error path must not make every `Result` carrying it large.)
+    NotSent(pool::ConnectError, Option<Box<Request<body::RequestBody>>>),
+    /// The request was (or may have been) sent, then the exchange broke.
+    Failed(hyper::Error),
+}
+
+/// Sends `req` on `conn`. A reused connection that the backend closed while it
+/// was idle hands the request back unsent; it then goes out on a fresh connection.
+async fn send_on(
+    backend: &Backend,
+    conn: &mut pool::Pooled,
+    mut req: Request<body::RequestBody>,
+) -> Result<Response<Incoming>, SendError> {
+    loop {
+        let stale = conn.sender().ready().await.is_err();
+        if !stale {
+            match conn.sender().try_send_request(req).await {
+                Ok(resp) => return Ok(resp),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if conn.reused => req = unsent,
+                    _ => return Err(SendError::Failed(e.into_error())),
+                },
+            }
+        } else if !conn.reused {
+            return Err(SendError::NotSent(
+                pool::ConnectError::Io(std::io::Error::other("new connection closed before use")),
+                Some(Box::new(req)),
+            ));
+        }
+        match backend.pool.connect(&backend.url.authority).await {
+            Ok(fresh) => *conn = fresh,
+            Err(e) => return Err(SendError::NotSent(e, Some(Box::new(req)))),
+        }
+    }
+}
+
+/// Backends a request already tried: inline for the usual few, no allocation.
+#[derive(Default)]
+struct Tried {
+    inline: [usize; 4],
+    len: usize,
+    more: Vec<usize>,
+}
+
+impl Tried {
+    fn push(&mut self, i: usize) {
+        if self.more.is_empty() && self.len < self.inline.len() {
+            self.inline[self.len] = i;
+            self.len += 1;
+        } else {
+            if self.more.is_empty() {
+                self.more.extend_from_slice(&self.inline);
+            }
+            self.more.push(i);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    fn as_slice(&self) -> &[usize] {
+        if self.more.is_empty() {
+            &self.inline[..self.len]
+        } else {
+            &self.more
+        }
     }
 }
 

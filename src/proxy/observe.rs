@@ -5,7 +5,7 @@
 //! [`Observation::begin`] runs before the request enters the stack and
 //! [`Observation::finish`] attaches the record to the response body, so it is
 //! written once, when the body ends (a stream counts whole) or is dropped. The
-//! backend that answered travels back in a [`ServedBy`] response extension.
+//! backend that answered is known to the response body itself.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,10 +17,6 @@ use super::{headers, with_rng, Proxy};
 use crate::backend::Backend;
 use crate::routes;
 
-/// Response extension naming the backend that produced the response.
-#[derive(Clone)]
-pub struct ServedBy(pub Arc<Backend>);
-
 /// A request being observed.
 pub struct Observation {
     proxy: Arc<Proxy>,
@@ -28,6 +24,9 @@ pub struct Observation {
     method: Method,
     route: &'static str,
     request_id: HeaderValue,
+    /// `[metrics] enabled`: off skips the per-request families (the stats window
+    /// and access log are separate switches).
+    metrics: bool,
     /// Set once the record is written (by the body's end or on drop).
     recorded: bool,
 }
@@ -35,7 +34,10 @@ pub struct Observation {
 impl Observation {
     /// Starts observing `req`: counts it active and makes sure it has an `x-request-id`.
     pub fn begin<B>(proxy: &Arc<Proxy>, req: &mut Request<B>) -> Observation {
-        proxy.metrics.active_requests.inc();
+        let metrics = proxy.metrics_enabled();
+        if metrics {
+            proxy.metrics.active_requests.inc();
+        }
         let request_id = with_rng(|rng| headers::ensure_request_id(req.headers_mut(), rng));
         Observation {
             proxy: proxy.clone(),
@@ -43,6 +45,7 @@ impl Observation {
             method: req.method().clone(),
             route: routes::classify(req.uri().path()).template,
             request_id,
+            metrics,
             recorded: false,
         }
     }
@@ -52,7 +55,7 @@ impl Observation {
         resp.headers_mut()
             .insert(headers::REQUEST_ID.clone(), self.request_id.clone());
         let record = Record {
-            backend: resp.extensions().get::<ServedBy>().map(|s| s.0.clone()),
+            backend: resp.body().served_by().cloned(),
             status: resp.status().as_u16(),
             cache: cache_label(resp.headers().get("x-cache")),
             obs: self,
@@ -76,11 +79,13 @@ impl Observation {
         let digits = status_digits(status);
         let status_str = std::str::from_utf8(&digits).unwrap_or("000");
         let backend_name = backend.map_or("none", |b| &b.name);
-        p.metrics
-            .request_duration
-            .with_label_values(&[self.method.as_str(), self.route, status_str, backend_name])
-            .observe(elapsed.as_secs_f64());
-        p.metrics.active_requests.dec();
+        if self.metrics {
+            p.metrics
+                .request_duration
+                .with_label_values(&[self.method.as_str(), self.route, status_str, backend_name])
+                .observe(elapsed.as_secs_f64());
+            p.metrics.active_requests.dec();
+        }
         let failed = status >= 500 || !outcome.ok;
         let now = p.upstreams.now_ns();
         p.window.record(now, elapsed, failed);

@@ -8,8 +8,6 @@
 //! answer lists every result in request order with its status, headers and body;
 //! one failure never fails the others.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
@@ -18,7 +16,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::proxy::body::{InboundBody, ResponseBody};
-use crate::proxy::{ClientAddr, Proxy};
+use crate::proxy::ClientAddr;
 
 /// Largest sub-response body included in a batch answer.
 const MAX_SUB_RESPONSE: usize = 8 * 1024 * 1024;
@@ -62,8 +60,8 @@ fn is_identity(name: &HeaderName) -> bool {
 }
 
 /// Answers a batch; `outer` is the batch request itself.
-pub async fn handle(proxy: &Arc<Proxy>, outer: Request<InboundBody>) -> Response<ResponseBody> {
-    let limits = proxy.config().limits.clone();
+pub async fn handle(stack: &super::Stack, outer: Request<InboundBody>) -> Response<ResponseBody> {
+    let limits = stack.proxy.config().limits.clone();
     let (parts, body) = outer.into_parts();
     let Ok(collected) = http_body_util::Limited::new(body, 16 * 1024 * 1024)
         .collect()
@@ -105,8 +103,8 @@ pub async fn handle(proxy: &Arc<Proxy>, outer: Request<InboundBody>) -> Response
     let client = parts.extensions.get::<ClientAddr>().copied();
     let results: Vec<Value> = futures_util::stream::iter(batch.requests.into_iter().enumerate())
         .map(|(i, sub)| {
-            let (proxy, identity) = (proxy.clone(), identity.clone());
-            async move { run_one(&proxy, i, sub, &identity, client).await }
+            let (stack, identity) = (stack.clone(), identity.clone());
+            async move { run_one(&stack, i, sub, &identity, client).await }
         })
         .buffered(concurrency)
         .collect()
@@ -125,7 +123,7 @@ pub async fn handle(proxy: &Arc<Proxy>, outer: Request<InboundBody>) -> Response
 }
 
 async fn run_one(
-    proxy: &Arc<Proxy>,
+    stack: &super::Stack,
     index: usize,
     sub: SubRequest,
     identity: &HeaderMap,
@@ -178,7 +176,7 @@ async fn run_one(
     if let Some(c) = client {
         req.extensions_mut().insert(c);
     }
-    let resp = super::dispatch(proxy, req).await;
+    let resp = stack.dispatch(req).await;
     let status = resp.status().as_u16();
     let headers: serde_json::Map<String, Value> = resp
         .headers()

@@ -28,10 +28,11 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use crate::cache::{Cache, CacheService};
 use crate::config::Config;
 use crate::proxy::body::{InboundBody, ResponseBody};
 use crate::proxy::observe::Observation;
-use crate::proxy::{ClientAddr, Proxy};
+use crate::proxy::{ClientAddr, Proxy, ProxyService};
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +63,29 @@ pub async fn serve_proxy(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let config = proxy.config();
+    let cache = config.cache.enabled.then(|| {
+        Cache::start(
+            &config.cache,
+            proxy.metrics.registry(),
+            tokio_util::sync::CancellationToken::new(),
+        )
+    });
+    serve_with_cache(listener, proxy, cache, shutdown).await
+}
+
+/// Like [`serve_proxy`], with the cache the caller built (`None`: no cache in
+/// the stack, whatever the config says). Tests use it to watch the cache.
+pub async fn serve_with_cache(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    cache: Option<Arc<Cache>>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let config = proxy.config();
+    if let Some(c) = &cache {
+        proxy.set_purger(c.clone());
+    }
+    let stack = Stack::new(proxy.clone(), cache.as_ref());
     let cfg = &config.server;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -127,10 +151,10 @@ pub async fn serve_proxy(
             },
         };
         let _ = stream.set_nodelay(true);
-        let proxy = proxy.clone();
+        let stack = stack.clone();
         let svc = service_fn(move |req| {
-            let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(handle(&proxy, req, peer).await) }
+            let stack = stack.clone();
+            async move { Ok::<_, Infallible>(handle(&stack, req, peer).await) }
         });
         let conn = builder
             .serve_connection(TokioIo::new(stream), svc)
@@ -146,6 +170,9 @@ pub async fn serve_proxy(
 
     drop(listener);
     stop_background.cancel();
+    if let Some(c) = &cache {
+        c.stop();
+    }
     if let Some(h) = health {
         let _ = h.await;
     }
@@ -160,25 +187,49 @@ pub async fn serve_proxy(
 }
 
 /// Proxy-owned paths are answered here; everything else is dispatched.
-async fn handle(
-    proxy: &Arc<Proxy>,
-    req: Request<Incoming>,
-    peer: SocketAddr,
-) -> Response<ResponseBody> {
+async fn handle(stack: &Stack, req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
     let mut req = req.map(InboundBody::from);
     req.extensions_mut().insert(ClientAddr(peer));
     if req.uri().path() == "/-/batch" && req.method() == http::Method::POST {
-        return batch::handle(proxy, req).await;
+        return batch::handle(stack, req).await;
     }
-    if let Some(resp) = endpoints::answer(proxy, &req) {
+    if let Some(resp) = endpoints::answer(&stack.proxy, &req) {
         return resp;
     }
-    dispatch(proxy, req).await
+    stack.dispatch(req).await
 }
 
-/// Sends one request through the stack, observed.
-pub async fn dispatch(proxy: &Arc<Proxy>, mut req: Request<InboundBody>) -> Response<ResponseBody> {
-    let observation = Observation::begin(proxy, &mut req);
-    let resp = proxy.forward(req).await;
-    observation.finish(resp)
+/// What a forwarded request goes through, built once per server: the proxy,
+/// behind the cache layer when the cache is on (off, it is not in the stack).
+#[derive(Clone)]
+pub struct Stack {
+    pub proxy: Arc<Proxy>,
+    cache: Option<(Arc<Cache>, CacheService<ProxyService>)>,
+}
+
+impl Stack {
+    pub fn new(proxy: Arc<Proxy>, cache: Option<&Arc<Cache>>) -> Stack {
+        let cache = cache.map(|c| {
+            let svc = tower::Layer::layer(&c.layer(), ProxyService(proxy.clone()));
+            (c.clone(), svc)
+        });
+        Stack { proxy, cache }
+    }
+
+    /// Sends one request through the stack, observed.
+    pub async fn dispatch(&self, mut req: Request<InboundBody>) -> Response<ResponseBody> {
+        let observation = Observation::begin(&self.proxy, &mut req);
+        let resp = match &self.cache {
+            None => self.proxy.forward(req).await,
+            Some((cache, svc)) => {
+                // Cache rules follow config reloads.
+                cache.follow(&self.proxy.config());
+                match tower::ServiceExt::oneshot(svc.clone(), req).await {
+                    Ok(r) => r,
+                    Err(never) => match never {},
+                }
+            }
+        };
+        observation.finish(resp)
+    }
 }

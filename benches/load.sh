@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Side-by-side load benchmark: letta-proxy against direct, nginx and HAProxy, with the
+# shared harness (../shared/bench, see its README and RESULTS.md for the method).
+#
+#   benches/load.sh                 # main table: direct nginx haproxy ours ours-cache (~13 min)
+#   benches/load.sh features        # each layer on/off, GET and POST (~9 min)
+#   benches/load.sh quick           # 1 round x 5 s, for a smoke check
+#
+# Needs nginx, haproxy and wrk (apt-get install -y nginx haproxy wrk; installed when absent).
+# Results: /tmp/letta-proxy-bench/<stamp>/summary.md; docs/BENCHMARKS.md quotes one run.
+# Every target gets the same core (PIN=split: proxies on CPU 1, load + backends on CPU 0).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+MODE=${1:-main}
+SHARED=${BENCH_DIR:-$ROOT/../shared/bench}
+[ -x "$SHARED/run.sh" ] || { echo "harness not found at $SHARED (set BENCH_DIR)" >&2; exit 1; }
+
+for tool in nginx haproxy wrk; do
+  command -v $tool >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx haproxy wrk; break; }
+done
+
+# The harness builds its backend inside its own folder: use a writable copy when needed.
+if [ ! -w "$SHARED" ]; then
+  WORK=/tmp/letta-proxy-bench-harness
+  if [ ! -x "$WORK/run.sh" ]; then rm -rf "$WORK"; cp -r "$SHARED" "$WORK"; chmod -R u+w "$WORK"; fi
+  SHARED=$WORK
+fi
+
+(cd "$ROOT" && cargo build --release --bin letta-proxy)
+BIN=$ROOT/target/release/letta-proxy
+CONF=$(mktemp -d /tmp/letta-proxy-bench-conf.XXXX)
+
+# One config file per target: the common part, then the target's own TOML.
+# Common: round robin over the harness's two backends, access log off (nginx's bench
+# config has `access_log off`), and per-agent write ordering off: the harness sends
+# every POST and stream to the same agent, which letta-proxy would (correctly) run
+# one at a time; nginx and HAProxy do no such thing, so the comparison is of raw
+# proxying. `ours_ordered` shows the cost of ordering on that workload.
+conf() { # name port extra-toml
+  local name=$1 port=$2 extra=${3:-}
+  cat > "$CONF/$name.toml" <<TOML
+[server]
+listen = "127.0.0.1:$port"
+[balancer]
+strategy = "round_robin"
+[[backends]]
+name = "be1"
+url = "http://127.0.0.1:18081"
+[[backends]]
+name = "be2"
+url = "http://127.0.0.1:18082"
+[log]
+access_log = false
+level = "warn"
+$extra
+TOML
+  echo "$BIN --config $CONF/$name.toml"
+}
+NOLIMITS=$'[limits]\nserialize_agent_writes = false'
+
+# ours: cache off (every GET is proxied).
+export CMD_ours=$(conf ours 18100 "$NOLIMITS"$'\n[cache]\nenabled = false')
+# ours_cache: cache on; the agent GET is answered from memory after the first miss.
+export CMD_ours_cache=$(conf ours-cache 18101 "$NOLIMITS")
+
+case $MODE in
+  main)
+    exec "$SHARED/run.sh" direct nginx haproxy ours=127.0.0.1:18100 ours_cache=127.0.0.1:18101 ;;
+  quick)
+    ROUNDS=1 DURATION=5 WARMUP=1 exec "$SHARED/run.sh" direct nginx ours=127.0.0.1:18100 ours_cache=127.0.0.1:18101 ;;
+  features)
+    # Each layer switched on (or off) alone against `ours`.
+    export CMD_ours_log=$(conf ours-log 18102 "$NOLIMITS"$'\n[cache]\nenabled = false')
+    sed -i 's/^access_log = false/access_log = true/; s/^level = "warn"/level = "info"/' "$CONF/ours-log.toml"
+    export CMD_ours_nometrics=$(conf ours-nometrics 18103 "$NOLIMITS"$'\n[cache]\nenabled = false\n[metrics]\nenabled = false')
+    export CMD_ours_ordered=$(conf ours-ordered 18104 $'[cache]\nenabled = false')
+    export CMD_ours_bypass=$(conf ours-bypass 18105 "$NOLIMITS"$'\n[cache]\nenabled = true\n[[cache.rules]]\npath = "/v1/agents"\ncache = false')
+    WORKLOADS=${WORKLOADS:-"get post"} exec "$SHARED/run.sh" nginx ours=127.0.0.1:18100 ours_log=127.0.0.1:18102 \
+      ours_nometrics=127.0.0.1:18103 ours_ordered=127.0.0.1:18104 ours_bypass=127.0.0.1:18105 ;;
+  *) echo "usage: $0 [main|features|quick]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,642 @@
+//! What is cacheable: pure decisions on a request and on a response.
+//!
+//! [`Policy::plan`] looks at the method, path and a few headers only (no key,
+//! no allocation) so requests the cache does not touch pay almost nothing.
+//! [`Policy::storable`] decides whether a response may be kept and for how long.
+
+use std::time::Duration;
+
+use http::{header, HeaderMap, Method, StatusCode};
+
+use super::config::{CacheConfig, CacheRule};
+use super::key::Vary;
+
+/// What the cache does with a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// Not the cache's business: forwarded untouched.
+    Pass,
+    /// A cacheable read (GET/HEAD) with the rule's TTL.
+    Read { ttl: Duration, bypass: Bypass },
+    /// An opt-in cached agent turn (POST …/messages, keyed by body).
+    Message { ttl: Duration, bypass: Bypass },
+    /// A request that may change state: invalidates what it touches on 2xx.
+    Write,
+}
+
+/// A client's `Cache-Control` on a cacheable request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bypass {
+    /// Use the cache.
+    No,
+    /// `no-cache` (or `Pragma: no-cache`): skip the lookup, store the fresh answer.
+    Refresh,
+    /// `no-store`: skip the lookup, drop any entry, store nothing.
+    NoStore,
+}
+
+/// Why a response was not stored (a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotStored {
+    Status,
+    Stream,
+    NoStore,
+    Cookie,
+    Vary,
+    TooLarge,
+}
+
+impl NotStored {
+    pub fn label(self) -> &'static str {
+        match self {
+            NotStored::Status => "status",
+            NotStored::Stream => "stream",
+            NotStored::NoStore => "no_store",
+            NotStored::Cookie => "cookie",
+            NotStored::Vary => "vary",
+            NotStored::TooLarge => "too_large",
+        }
+    }
+}
+
+/// A path glob, split into segments once.
+#[derive(Debug, Clone)]
+struct Glob(Vec<Seg>);
+
+#[derive(Debug, Clone, PartialEq)]
+enum Seg {
+    Lit(String),
+    One,
+    Any,
+}
+
+impl Glob {
+    fn new(pattern: &str) -> Glob {
+        Glob(
+            pattern
+                .split('/')
+                .skip(1)
+                .map(|s| match s {
+                    "*" => Seg::One,
+                    "**" => Seg::Any,
+                    lit => Seg::Lit(lit.to_string()),
+                })
+                .collect(),
+        )
+    }
+
+    fn matches(&self, path: &str) -> bool {
+        let mut segs = path.split('/');
+        segs.next(); // before the leading '/'
+        let mut buf: [&str; 16] = [""; 16];
+        let mut n = 0;
+        for s in segs {
+            if n == buf.len() {
+                return false; // deeper than any Letta route: never cached by a rule
+            }
+            buf[n] = s;
+            n += 1;
+        }
+        match_from(&self.0, &buf[..n])
+    }
+}
+
+fn match_from(pat: &[Seg], path: &[&str]) -> bool {
+    match pat.split_first() {
+        None => path.is_empty(),
+        Some((Seg::Any, rest)) => (0..=path.len()).any(|i| match_from(rest, &path[i..])),
+        Some((seg, rest)) => match path.split_first() {
+            None => false,
+            Some((p, prest)) => {
+                let ok = match seg {
+                    Seg::Lit(l) => l == p,
+                    Seg::One => !p.is_empty(),
+                    Seg::Any => unreachable!(),
+                };
+                ok && match_from(rest, prest)
+            }
+        },
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Rule {
+    glob: Glob,
+    get: bool,
+    head: bool,
+    post: bool,
+    ttl: Option<Duration>,
+}
+
+/// The compiled `[cache]` decisions.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// `cache.enabled` as reloaded: off, every request passes through.
+    pub enabled: bool,
+    /// `cache.suppress_unchanged_writes`.
+    pub suppress: bool,
+    rules: Vec<Rule>,
+    default_ttl: Duration,
+    pub max_entry_size: u64,
+    pub vary: Vary,
+}
+
+impl Policy {
+    /// Compiles a validated config.
+    pub fn new(c: &CacheConfig) -> Policy {
+        let rules = c
+            .rules
+            .iter()
+            .map(|r: &CacheRule| {
+                let has = |m: &str| r.methods.iter().any(|x| x == m);
+                Rule {
+                    glob: Glob::new(&r.path),
+                    get: has("GET"),
+                    head: has("HEAD"),
+                    post: has("POST"),
+                    ttl: r.cache.then_some(r.ttl.unwrap_or(c.ttl)),
+                }
+            })
+            .collect();
+        Policy {
+            enabled: c.enabled,
+            suppress: c.suppress_unchanged_writes,
+            rules,
+            default_ttl: c.ttl,
+            max_entry_size: c.max_entry_size,
+            vary: Vary::new(&c.vary_headers),
+        }
+    }
+
+    /// The rule TTL for `method` on `path`: `Some` when cacheable.
+    fn ttl_for(&self, method: &Method, path: &str) -> Option<Duration> {
+        for r in &self.rules {
+            let applies = match *method {
+                Method::GET => r.get,
+                Method::HEAD => r.head,
+                Method::POST => r.post,
+                _ => false,
+            };
+            if applies && r.glob.matches(path) {
+                return r.ttl;
+            }
+        }
+        // No rule: reads are cacheable with the default TTL, POSTs never.
+        matches!(*method, Method::GET | Method::HEAD).then_some(self.default_ttl)
+    }
+
+    /// What to do with a request to `path` (no query).
+    pub fn plan(
+        &self,
+        method: &Method,
+        path: &str,
+        read_only_post: bool,
+        headers: &HeaderMap,
+    ) -> Plan {
+        if !(path.starts_with("/v1/") || path == "/v1") {
+            return Plan::Pass;
+        }
+        match *method {
+            Method::GET | Method::HEAD => {
+                // A body on a read or a partial read is not something to share.
+                if headers.contains_key(header::RANGE) || has_body(headers) {
+                    return Plan::Pass;
+                }
+                match self.ttl_for(method, path) {
+                    Some(ttl) => Plan::Read {
+                        ttl,
+                        bypass: bypass(headers),
+                    },
+                    None => Plan::Pass,
+                }
+            }
+            Method::OPTIONS => Plan::Pass,
+            Method::POST if read_only_post => Plan::Pass,
+            Method::POST => match self.ttl_for(method, path) {
+                Some(ttl) => Plan::Message {
+                    ttl,
+                    bypass: bypass(headers),
+                },
+                None => Plan::Write,
+            },
+            _ => Plan::Write,
+        }
+    }
+
+    /// Whether a response may be stored, and for how long (the rule's TTL,
+    /// shortened by the backend's `max-age`).
+    pub fn storable(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        ttl: Duration,
+    ) -> Result<Duration, NotStored> {
+        if status != StatusCode::OK {
+            return Err(NotStored::Status);
+        }
+        if headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.trim_start().starts_with("text/event-stream"))
+        {
+            return Err(NotStored::Stream);
+        }
+        if headers.contains_key(header::SET_COOKIE) {
+            return Err(NotStored::Cookie);
+        }
+        let mut ttl = ttl;
+        for v in headers.get_all(header::CACHE_CONTROL) {
+            let Ok(v) = v.to_str() else {
+                return Err(NotStored::NoStore);
+            };
+            for d in v.split(',').map(|d| d.trim().to_ascii_lowercase()) {
+                let (name, arg) = d.split_once('=').unwrap_or((&d, ""));
+                match name {
+                    "no-store" | "private" | "no-cache" => return Err(NotStored::NoStore),
+                    "max-age" | "s-maxage" => match arg.trim_matches('"').parse::<u64>() {
+                        Ok(0) | Err(_) => return Err(NotStored::NoStore),
+                        Ok(s) => ttl = ttl.min(Duration::from_secs(s)),
+                    },
+                    _ => {}
+                }
+            }
+        }
+        for v in headers.get_all(header::VARY) {
+            let Ok(v) = v.to_str() else {
+                return Err(NotStored::Vary);
+            };
+            if v.split(',')
+                .any(|n| n.trim() == "*" || !self.vary.covers(n))
+            {
+                return Err(NotStored::Vary);
+            }
+        }
+        if content_length(headers).is_some_and(|n| n > self.max_entry_size) {
+            return Err(NotStored::TooLarge);
+        }
+        Ok(ttl)
+    }
+}
+
+fn has_body(h: &HeaderMap) -> bool {
+    h.contains_key(header::TRANSFER_ENCODING) || content_length(h).is_some_and(|n| n > 0)
+}
+
+pub fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+fn bypass(h: &HeaderMap) -> Bypass {
+    let mut out = Bypass::No;
+    let directives = h
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .chain(h.get_all(header::PRAGMA).iter());
+    for v in directives {
+        for d in v.to_str().unwrap_or("").split(',') {
+            match d.trim().to_ascii_lowercase().as_str() {
+                "no-store" => return Bypass::NoStore,
+                "no-cache" => out = Bypass::Refresh,
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::config::CacheConfig;
+
+    const A: &str = "agent-6f1e3c2a-1b2c-4d5e-8f90-0123456789ab";
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    fn policy_with(extra: Vec<CacheRule>) -> Policy {
+        let mut c = CacheConfig::default();
+        let mut rules = extra;
+        rules.extend(c.rules);
+        c.rules = rules;
+        c.validate().unwrap();
+        Policy::new(&c)
+    }
+
+    #[test]
+    fn globs() {
+        let cases = [
+            ("/v1/tools/**", "/v1/tools", true),
+            ("/v1/tools/**", "/v1/tools/", true),
+            ("/v1/tools/**", "/v1/tools/tool-1/x", true),
+            ("/v1/tools/**", "/v1/toolsx", false),
+            ("/v1/agents/*/messages", "/v1/agents/a/messages", true),
+            ("/v1/agents/*/messages", "/v1/agents//messages", false),
+            (
+                "/v1/agents/*/messages",
+                "/v1/agents/a/messages/stream",
+                false,
+            ),
+            ("/v1/**/messages/**", "/v1/agents/a/messages", true),
+            ("/v1/**/messages/**", "/v1/messages/batches", true),
+            ("/v1/**/files/**", "/v1/folders/f/files/", true),
+            ("/v1/**/files/**", "/v1/agents/a", false),
+        ];
+        for (g, p, want) in cases {
+            assert_eq!(Glob::new(g).matches(p), want, "{g} vs {p}");
+        }
+    }
+
+    #[test]
+    fn request_plans() {
+        let p = policy_with(vec![]);
+        let none = HeaderMap::new();
+        let read = |ttl| Plan::Read {
+            ttl: Duration::from_secs(ttl),
+            bypass: Bypass::No,
+        };
+        let get = Method::GET;
+        let cases: Vec<(Method, String, bool, HeaderMap, Plan)> = vec![
+            (
+                get.clone(),
+                format!("/v1/agents/{A}"),
+                false,
+                none.clone(),
+                read(10),
+            ),
+            (
+                Method::HEAD,
+                "/v1/tools/".into(),
+                false,
+                none.clone(),
+                read(300),
+            ),
+            (
+                get.clone(),
+                "/v1/sources/".into(),
+                false,
+                none.clone(),
+                read(30),
+            ),
+            (
+                get.clone(),
+                format!("/v1/agents/{A}/messages"),
+                false,
+                none.clone(),
+                Plan::Pass,
+            ),
+            (
+                get.clone(),
+                "/v1/runs/run-1".into(),
+                false,
+                none.clone(),
+                Plan::Pass,
+            ),
+            (
+                get.clone(),
+                "/v1/health/".into(),
+                false,
+                none.clone(),
+                Plan::Pass,
+            ),
+            (
+                get.clone(),
+                "/v1/folders/f/files".into(),
+                false,
+                none.clone(),
+                Plan::Pass,
+            ),
+            (
+                get.clone(),
+                "/metrics-ish".into(),
+                false,
+                none.clone(),
+                Plan::Pass,
+            ),
+            (
+                get.clone(),
+                "/v1/tools/".into(),
+                false,
+                headers(&[("range", "bytes=0-1")]),
+                Plan::Pass,
+            ),
+            (
+                get.clone(),
+                "/v1/tools/".into(),
+                false,
+                headers(&[("content-length", "3")]),
+                Plan::Pass,
+            ),
+            (
+                get.clone(),
+                "/v1/tools/".into(),
+                false,
+                headers(&[("cache-control", "max-age=0, no-cache")]),
+                Plan::Read {
+                    ttl: Duration::from_secs(300),
+                    bypass: Bypass::Refresh,
+                },
+            ),
+            (
+                get.clone(),
+                "/v1/tools/".into(),
+                false,
+                headers(&[("pragma", "no-cache")]),
+                Plan::Read {
+                    ttl: Duration::from_secs(300),
+                    bypass: Bypass::Refresh,
+                },
+            ),
+            (
+                get.clone(),
+                "/v1/tools/".into(),
+                false,
+                headers(&[("cache-control", "no-store")]),
+                Plan::Read {
+                    ttl: Duration::from_secs(300),
+                    bypass: Bypass::NoStore,
+                },
+            ),
+            (
+                Method::POST,
+                format!("/v1/agents/{A}/messages"),
+                false,
+                none.clone(),
+                Plan::Write,
+            ),
+            (
+                Method::POST,
+                format!("/v1/agents/{A}/archival-memory/search"),
+                true,
+                none.clone(),
+                Plan::Pass,
+            ),
+            (
+                Method::PATCH,
+                "/v1/blocks/b".into(),
+                false,
+                none.clone(),
+                Plan::Write,
+            ),
+            (
+                Method::DELETE,
+                format!("/v1/agents/{A}"),
+                false,
+                none.clone(),
+                Plan::Write,
+            ),
+            (
+                Method::PUT,
+                "/v1/tools/".into(),
+                false,
+                none.clone(),
+                Plan::Write,
+            ),
+            (
+                Method::OPTIONS,
+                "/v1/tools/".into(),
+                false,
+                none.clone(),
+                Plan::Pass,
+            ),
+            (
+                Method::PATCH,
+                "/-/drain".into(),
+                false,
+                none.clone(),
+                Plan::Pass,
+            ),
+        ];
+        for (m, path, ro, h, want) in cases {
+            assert_eq!(p.plan(&m, &path, ro, &h), want, "{m} {path}");
+        }
+    }
+
+    #[test]
+    fn the_message_cache_is_opt_in_per_route() {
+        let p = policy_with(vec![CacheRule {
+            path: "/v1/agents/*/messages".into(),
+            methods: vec!["POST".into()],
+            cache: true,
+            ttl: Some(Duration::from_secs(60)),
+        }]);
+        let plan = p.plan(
+            &Method::POST,
+            &format!("/v1/agents/{A}/messages"),
+            false,
+            &HeaderMap::new(),
+        );
+        assert_eq!(
+            plan,
+            Plan::Message {
+                ttl: Duration::from_secs(60),
+                bypass: Bypass::No
+            }
+        );
+        // The stream route is not matched (and SSE is never stored anyway).
+        let plan = p.plan(
+            &Method::POST,
+            &format!("/v1/agents/{A}/messages/stream"),
+            false,
+            &HeaderMap::new(),
+        );
+        assert_eq!(plan, Plan::Write);
+        // GET of the history is still off.
+        let plan = p.plan(
+            &Method::GET,
+            &format!("/v1/agents/{A}/messages"),
+            false,
+            &HeaderMap::new(),
+        );
+        assert_eq!(plan, Plan::Pass);
+    }
+
+    #[test]
+    fn response_storability() {
+        let p = policy_with(vec![]);
+        let ttl = Duration::from_secs(30);
+        let ok = StatusCode::OK;
+        let cases: Vec<(StatusCode, HeaderMap, Result<Duration, NotStored>)> = vec![
+            (
+                ok,
+                headers(&[("content-type", "application/json")]),
+                Ok(ttl),
+            ),
+            (
+                StatusCode::NOT_FOUND,
+                HeaderMap::new(),
+                Err(NotStored::Status),
+            ),
+            (
+                StatusCode::TEMPORARY_REDIRECT,
+                HeaderMap::new(),
+                Err(NotStored::Status),
+            ),
+            (
+                StatusCode::NO_CONTENT,
+                HeaderMap::new(),
+                Err(NotStored::Status),
+            ),
+            (
+                ok,
+                headers(&[("content-type", "text/event-stream; charset=utf-8")]),
+                Err(NotStored::Stream),
+            ),
+            (
+                ok,
+                headers(&[("cache-control", "no-store")]),
+                Err(NotStored::NoStore),
+            ),
+            (
+                ok,
+                headers(&[("cache-control", "Private")]),
+                Err(NotStored::NoStore),
+            ),
+            (
+                ok,
+                headers(&[("cache-control", "no-cache")]),
+                Err(NotStored::NoStore),
+            ),
+            (
+                ok,
+                headers(&[("cache-control", "max-age=0")]),
+                Err(NotStored::NoStore),
+            ),
+            (
+                ok,
+                headers(&[("cache-control", "public, max-age=5")]),
+                Ok(Duration::from_secs(5)),
+            ),
+            (ok, headers(&[("cache-control", "max-age=500")]), Ok(ttl)),
+            (
+                ok,
+                headers(&[("set-cookie", "a=b")]),
+                Err(NotStored::Cookie),
+            ),
+            (ok, headers(&[("vary", "*")]), Err(NotStored::Vary)),
+            (ok, headers(&[("vary", "Cookie")]), Err(NotStored::Vary)),
+            (
+                ok,
+                headers(&[("vary", "Origin, Accept-Encoding, Authorization")]),
+                Ok(ttl),
+            ),
+            (
+                ok,
+                headers(&[("content-length", "1048577")]),
+                Err(NotStored::TooLarge),
+            ),
+            (ok, headers(&[("content-length", "1048576")]), Ok(ttl)),
+        ];
+        for (status, h, want) in cases {
+            assert_eq!(p.storable(status, &h, ttl), want, "{status} {h:?}");
+        }
+    }
+}

@@ -1,0 +1,559 @@
+//! The response cache through real sockets, in-process tier only: what is
+//! cached, for whom, what a write makes stale, coalescing, suppression, the
+//! opt-in message cache. Redis-backed behaviour is in `tests/cache_redis.rs`.
+
+mod support;
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use reqwest::Method;
+use support::cache::*;
+use support::{client, standins};
+
+const TOOLS: &str = "/v1/tools/";
+
+#[tokio::test]
+async fn a_repeated_read_is_a_hit_with_age_and_the_same_body() {
+    let s = standins(1).await;
+    let n = Node::start(cache_config(&[&s[0]], "")).await;
+    let first = n.get(TOOLS, &[]).await;
+    assert_eq!((first.status, first.x_cache()), (200, "MISS"));
+    let second = n.get(TOOLS, &[]).await;
+    assert_eq!((second.status, second.x_cache()), (200, "HIT"));
+    assert_eq!(
+        second.seq(),
+        first.seq(),
+        "the stored answer, not a new one"
+    );
+    assert_eq!(second.headers["age"], "0");
+    assert!(second.headers.contains_key("x-request-id"));
+    assert_ne!(
+        second.headers["x-request-id"],
+        first.headers["x-request-id"]
+    );
+    assert_eq!(calls(&s[0], TOOLS), 1);
+    // The query is part of the key, in any order.
+    n.get("/v1/tools/?a=1&b=2", &[]).await;
+    assert_eq!(n.get("/v1/tools/?b=2&a=1", &[]).await.x_cache(), "HIT");
+}
+
+#[tokio::test]
+async fn uncacheable_routes_pass_through_untouched() {
+    let s = standins(1).await;
+    let n = Node::start(cache_config(&[&s[0]], "")).await;
+    let history = format!("/v1/agents/{A}/messages");
+    for path in [
+        history.as_str(),
+        "/v1/runs/run-1",
+        "/v1/health/",
+        "/not-letta",
+    ] {
+        for _ in 0..2 {
+            let r = n.get(path, &[]).await;
+            assert_eq!(r.x_cache(), "-", "{path}: no x-cache off cacheable routes");
+        }
+        if path != "/v1/health/" {
+            // (the stand-in does not log its health route)
+            assert_eq!(
+                calls(&s[0], path),
+                2,
+                "{path} reached the backend each time"
+            );
+        }
+    }
+    // A read-only POST (search) is not cached either.
+    let search = format!("/v1/agents/{A}/archival-memory/search");
+    for _ in 0..2 {
+        n.send(Method::POST, &search, &[], Some("{}")).await;
+    }
+    assert_eq!(calls(&s[0], &search), 2);
+}
+
+#[tokio::test]
+async fn callers_never_share_an_entry() {
+    let s = standins(1).await;
+    let n = Node::start(cache_config(&[&s[0]], "")).await;
+    let path = format!("/v1/agents/{A}");
+    let identities: [&[(&str, &str)]; 7] = [
+        &[],
+        &[("authorization", "Bearer alice")],
+        &[("authorization", "Bearer bob")],
+        &[("authorization", "Bearer alice"), ("user_id", "user-1")],
+        &[("authorization", "Bearer alice"), ("x-project", "p1")],
+        &[("authorization", "Bearer alice"), ("x-project-id", "p2")],
+        &[
+            ("authorization", "Bearer alice"),
+            ("user-agent", "Letta/Python 1.12"),
+        ],
+    ];
+    let mut seqs = Vec::new();
+    for id in identities {
+        let r = n.get(&path, id).await;
+        assert_eq!(
+            r.x_cache(),
+            "MISS",
+            "{id:?} must not see another caller's entry"
+        );
+        seqs.push(r.seq());
+    }
+    for (id, seq) in identities.iter().zip(seqs) {
+        let r = n.get(&path, id).await;
+        assert_eq!(
+            (r.x_cache(), r.seq()),
+            ("HIT", seq),
+            "{id:?} gets its own entry back"
+        );
+    }
+    assert_eq!(calls(&s[0], &path), identities.len());
+}
+
+#[tokio::test]
+async fn event_streams_are_never_cached_nor_buffered() {
+    let s = standins(1).await;
+    let n = Node::start(cache_config(&[&s[0]], "")).await;
+    let path = format!("/v1/agents/{A}/feed/stream?events=3&interval_ms=300");
+    for _ in 0..2 {
+        let r = client().get(n.url(&path)).send().await.unwrap();
+        assert_eq!(r.headers()["content-type"], "text/event-stream");
+        let mut body = r.bytes_stream();
+        let first = body.next().await.unwrap().unwrap();
+        assert!(first.starts_with(b"data: {\"seq\":0"), "{first:?}");
+        assert_eq!(s[0].stats.active(), 1, "first event arrived mid-stream");
+        while body.next().await.is_some() {}
+    }
+    assert_eq!(calls(&s[0], &path), 2);
+    assert_eq!(n.cache.l1_entries().await, 0);
+}
+
+#[tokio::test]
+async fn no_cache_refreshes_and_no_store_drops() {
+    let s = standins(1).await;
+    let n = Node::start(cache_config(&[&s[0]], "")).await;
+    let old = n.get(TOOLS, &[]).await.seq();
+    let fresh = n.get(TOOLS, &[("cache-control", "no-cache")]).await;
+    assert_eq!(fresh.x_cache(), "BYPASS");
+    assert!(fresh.seq() > old);
+    let after = n.get(TOOLS, &[]).await;
+    assert_eq!(
+        (after.x_cache(), after.seq()),
+        ("HIT", fresh.seq()),
+        "refreshed"
+    );
+    let r = n.get(TOOLS, &[("pragma", "no-cache")]).await;
+    assert_eq!(r.x_cache(), "BYPASS");
+    let r = n.get(TOOLS, &[("cache-control", "no-store")]).await;
+    assert_eq!(r.x_cache(), "BYPASS");
+    assert_eq!(
+        n.get(TOOLS, &[]).await.x_cache(),
+        "MISS",
+        "no-store dropped the entry"
+    );
+}
+
+#[tokio::test]
+async fn what_the_backend_forbids_or_fails_is_not_stored() {
+    let s = standins(1).await;
+    let n = Node::start(cache_config(&[&s[0]], "max_entry_size = \"300B\"")).await;
+    // Ten tool ids make the answer larger than max_entry_size.
+    let ids: Vec<String> = (0..10)
+        .map(|i| format!("tool-{i}a1b2c3d-1b2c-4d5e-8f90-0123456789ab"))
+        .collect();
+    let big = format!("/v1/tools/?mention={}", ids.join(","));
+    for path in [
+        "/v1/tools/?cache_control=no-store",
+        "/v1/tools/?cache_control=private",
+        "/v1/tools/?cache_control=max-age%3D0",
+        "/v1/tools/?vary=Cookie",
+        "/v1/tools/?status=404",
+        "/v1/tools/?status=500",
+        &big,
+    ] {
+        n.get(path, &[]).await;
+        assert_eq!(n.get(path, &[]).await.x_cache(), "MISS", "{path}");
+    }
+    n.get("/v1/tools/?vary=Origin", &[]).await;
+    assert_eq!(n.get("/v1/tools/?vary=Origin", &[]).await.x_cache(), "HIT");
+}
+
+#[tokio::test]
+async fn a_write_drops_what_it_names_and_its_collection_lists_only() {
+    let s = standins(1).await;
+    let n = Node::start(cache_config(&[&s[0]], "")).await;
+    let agent = format!("/v1/agents/{A}");
+    let other = format!("/v1/agents/{A2}");
+    let reads = [agent.as_str(), other.as_str(), "/v1/agents/", TOOLS];
+    for p in reads {
+        n.get(p, &[]).await;
+    }
+    let w = n
+        .send(Method::POST, &format!("{agent}/messages"), &[], Some("{}"))
+        .await;
+    assert_eq!(w.status, 200);
+    assert_eq!(
+        n.get(&agent, &[]).await.x_cache(),
+        "MISS",
+        "the agent changed"
+    );
+    assert_eq!(
+        n.get("/v1/agents/", &[]).await.x_cache(),
+        "MISS",
+        "lists of agents"
+    );
+    assert_eq!(
+        n.get(&other, &[]).await.x_cache(),
+        "HIT",
+        "another agent did not"
+    );
+    assert_eq!(n.get(TOOLS, &[]).await.x_cache(), "HIT", "tools did not");
+    // A failed write changes nothing.
+    n.send(
+        Method::PATCH,
+        &format!("{agent}?status=500"),
+        &[],
+        Some("{}"),
+    )
+    .await;
+    assert_eq!(n.get(&agent, &[]).await.x_cache(), "HIT");
+}
+
+#[tokio::test]
+async fn evictions_cross_identities() {
+    let s = standins(1).await;
+    let n = Node::start(cache_config(&[&s[0]], "")).await;
+    let agent = format!("/v1/agents/{A}");
+    let alice = [("authorization", "Bearer alice")];
+    n.get(&agent, &alice).await;
+    assert_eq!(n.get(&agent, &alice).await.x_cache(), "HIT");
+    let bob = [("authorization", "Bearer bob")];
+    n.send(Method::PATCH, &agent, &bob, Some(r#"{"name":"x"}"#))
+        .await;
+    assert_eq!(n.get(&agent, &alice).await.x_cache(), "MISS");
+}
+
+#[tokio::test]
+async fn a_block_write_drops_every_answer_that_shows_the_block() {
+    let s = standins(1).await;
+    let n = Node::start(cache_config(&[&s[0]], "")).await;
+    let holder = format!("/v1/agents/{A}?mention={B}");
+    let bystander = format!("/v1/agents/{A2}?mention={B2}");
+    let block = format!("/v1/blocks/{B}");
+    let ctx = format!("/v1/agents/{A}/context");
+    for p in [&holder, &bystander, &block, &ctx] {
+        n.get(p, &[]).await;
+    }
+    let w = n
+        .send(Method::PATCH, &block, &[], Some(r#"{"value":"new"}"#))
+        .await;
+    assert_eq!(w.status, 200);
+    assert_eq!(
+        n.get(&holder, &[]).await.x_cache(),
+        "MISS",
+        "names the block"
+    );
+    assert_eq!(n.get(&block, &[]).await.x_cache(), "MISS");
+    assert_eq!(
+        n.get(&ctx, &[]).await.x_cache(),
+        "MISS",
+        "agent view of unknown blocks"
+    );
+    assert_eq!(
+        n.get(&bystander, &[]).await.x_cache(),
+        "HIT",
+        "other blocks untouched"
+    );
+}
+
+#[tokio::test]
+async fn a_turn_drops_the_views_of_the_agents_blocks() {
+    let s = standins(1).await;
+    let n = Node::start(cache_config(&[&s[0]], "")).await;
+    // Reading the agent's core memory teaches the proxy which blocks it has.
+    let memory = format!("/v1/agents/{A}/core-memory?blocks={B}");
+    let own_block = format!("/v1/blocks/{B}");
+    let other_block = format!("/v1/blocks/{B2}");
+    for p in [&memory, &own_block, &other_block] {
+        n.get(p, &[]).await;
+    }
+    n.send(
+        Method::POST,
+        &format!("/v1/agents/{A}/messages"),
+        &[],
+        Some("{}"),
+    )
+    .await;
+    assert_eq!(
+        n.get(&own_block, &[]).await.x_cache(),
+        "MISS",
+        "the turn may edit it"
+    );
+    assert_eq!(
+        n.get(&other_block, &[]).await.x_cache(),
+        "HIT",
+        "known not to be A's"
+    );
+    // A turn of an agent whose blocks are unknown drops every block view.
+    n.send(
+        Method::POST,
+        &format!("/v1/agents/{A2}/messages"),
+        &[],
+        Some("{}"),
+    )
+    .await;
+    assert_eq!(n.get(&other_block, &[]).await.x_cache(), "MISS");
+}
+
+#[tokio::test]
+async fn a_read_overtaken_by_a_write_is_not_stored() {
+    let s = standins(1).await;
+    let n = Node::start(cache_config(&[&s[0]], "")).await;
+    let slow = format!("/v1/agents/{A}?delay_ms=400");
+    let reader = {
+        let url = n.url(&slow);
+        tokio::spawn(async move { client().get(url).send().await.unwrap().text().await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let w = n
+        .send(Method::PATCH, &format!("/v1/agents/{A}"), &[], Some("{}"))
+        .await;
+    assert_eq!(w.status, 200);
+    reader.await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await; // the fill's store task
+    assert_eq!(
+        n.get(&slow, &[]).await.x_cache(),
+        "MISS",
+        "the older answer was not kept"
+    );
+}
+
+#[tokio::test]
+async fn reads_during_a_streamed_turn_are_not_stored_and_the_end_invalidates() {
+    let s = standins(1).await;
+    let n = Node::start(cache_config(&[&s[0]], "")).await;
+    let agent = format!("/v1/agents/{A}");
+    let turn = client()
+        .post(n.url(&format!("{agent}/messages/stream?events=3&interval_ms=200")))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    let mut events = turn.bytes_stream();
+    events.next().await.unwrap().unwrap();
+    assert_eq!(n.get(&agent, &[]).await.x_cache(), "MISS");
+    assert_eq!(
+        n.get(&agent, &[]).await.x_cache(),
+        "MISS",
+        "mid-turn answer not kept"
+    );
+    while events.next().await.is_some() {}
+    until(
+        Duration::from_secs(2),
+        "the turn's hold released",
+        || async { n.get(&agent, &[]).await.x_cache() == "HIT" },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn concurrent_identical_misses_make_one_backend_request() {
+    let s = standins(1).await;
+    let n = std::sync::Arc::new(Node::start(cache_config(&[&s[0]], "")).await);
+    let path = "/v1/tools/?delay_ms=300";
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let n = n.clone();
+            tokio::spawn(async move { n.get(path, &[]).await })
+        })
+        .collect();
+    let mut seqs = Vec::new();
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 200);
+        seqs.push(r.seq());
+    }
+    assert_eq!(calls(&s[0], path), 1, "one request reached the backend");
+    assert!(
+        seqs.iter().all(|x| *x == seqs[0]),
+        "all got the same answer"
+    );
+    let coalesced = n
+        .metric("letta_proxy_cache_requests_total{outcome=\"coalesced\"}")
+        .await;
+    assert!(coalesced >= 1.0, "coalesced {coalesced}");
+}
+
+#[tokio::test]
+async fn identical_block_writes_are_suppressed_until_something_changes() {
+    let s = standins(1).await;
+    let n = Node::start(cache_config(&[&s[0]], "suppress_unchanged_writes = true")).await;
+    let block = format!("/v1/blocks/{B}");
+    let alice = [("authorization", "Bearer alice")];
+    let patch = |body: &'static str| n.send(Method::PATCH, &block, &alice, Some(body));
+    let first = patch(r#"{"value":"x"}"#).await;
+    assert!(!first.headers.contains_key("x-letta-proxy-suppressed"));
+    let same = patch(r#"{"value":"x"}"#).await;
+    assert_eq!(same.headers["x-letta-proxy-suppressed"], "1");
+    assert_eq!(
+        (same.status, same.seq()),
+        (200, first.seq()),
+        "the remembered answer"
+    );
+    assert_eq!(calls(&s[0], &block), 1);
+    // Another caller's identical write is its own.
+    n.send(Method::PATCH, &block, &[], Some(r#"{"value":"x"}"#))
+        .await;
+    assert_eq!(calls(&s[0], &block), 2);
+    // A different body goes through, then is remembered in its turn.
+    patch(r#"{"value":"y"}"#).await;
+    assert_eq!(calls(&s[0], &block), 3);
+    assert!(patch(r#"{"value":"y"}"#)
+        .await
+        .headers
+        .contains_key("x-letta-proxy-suppressed"));
+    // A turn of an agent (whose blocks are unknown) may have edited the block.
+    n.send(
+        Method::POST,
+        &format!("/v1/agents/{A}/messages"),
+        &[],
+        Some("{}"),
+    )
+    .await;
+    patch(r#"{"value":"y"}"#).await;
+    assert_eq!(calls(&s[0], &block), 4, "forgotten after the turn");
+    // Core-memory writes by label, forgotten by a write to their agent.
+    let label = format!("/v1/agents/{A2}/core-memory/blocks/human");
+    let body = r#"{"value":"Ada"}"#;
+    n.send(Method::PATCH, &label, &alice, Some(body)).await;
+    let r = n.send(Method::PATCH, &label, &alice, Some(body)).await;
+    assert!(r.headers.contains_key("x-letta-proxy-suppressed"));
+    n.send(Method::PATCH, &format!("/v1/agents/{A2}"), &[], Some("{}"))
+        .await;
+    n.send(Method::PATCH, &label, &alice, Some(body)).await;
+    assert_eq!(calls(&s[0], &label), 2);
+    let suppressed = n.metric("letta_proxy_cache_suppressed_writes_total").await;
+    assert_eq!(suppressed, 3.0);
+}
+
+#[tokio::test]
+async fn suppression_is_off_by_default() {
+    let s = standins(1).await;
+    let n = Node::start(cache_config(&[&s[0]], "")).await;
+    let block = format!("/v1/blocks/{B}");
+    for _ in 0..2 {
+        n.send(Method::PATCH, &block, &[], Some(r#"{"value":"x"}"#))
+            .await;
+    }
+    assert_eq!(calls(&s[0], &block), 2);
+}
+
+#[tokio::test]
+async fn the_message_cache_is_opt_in_and_keyed_by_body() {
+    let s = standins(1).await;
+    let turn = format!("/v1/agents/{A}/messages");
+    async fn send(n: &Node, body: &'static str) -> Answer {
+        n.send(
+            Method::POST,
+            &format!("/v1/agents/{A}/messages"),
+            &[],
+            Some(body),
+        )
+        .await
+    }
+    let off = Node::start(cache_config(&[&s[0]], "")).await;
+    send(&off, r#"{"q":1}"#).await;
+    send(&off, r#"{"q":1}"#).await;
+    assert_eq!(calls(&s[0], &turn), 2, "turns are never cached by default");
+
+    let rule =
+        "[[cache.rules]]\npath = \"/v1/agents/*/messages\"\nmethods = [\"POST\"]\nttl = \"60s\"";
+    let on = Node::start(cache_config(&[&s[0]], rule)).await;
+    assert_eq!(send(&on, r#"{"q":1}"#).await.x_cache(), "MISS");
+    let again = send(&on, r#"{"q":1}"#).await;
+    assert_eq!(again.x_cache(), "HIT");
+    assert_eq!(calls(&s[0], &turn), 3);
+    assert_eq!(
+        send(&on, r#"{"q":2}"#).await.x_cache(),
+        "MISS",
+        "another question"
+    );
+    assert_eq!(
+        send(&on, r#"{"q":1}"#).await.x_cache(),
+        "HIT",
+        "turns do not evict turns"
+    );
+    // Changing the agent does.
+    on.send(Method::PATCH, &format!("/v1/agents/{A}"), &[], Some("{}"))
+        .await;
+    assert_eq!(send(&on, r#"{"q":1}"#).await.x_cache(), "MISS");
+}
+
+#[tokio::test]
+async fn a_disabled_cache_is_not_in_the_stack() {
+    let s = standins(1).await;
+    let p = support::TestProxy::start(cache_config(&[&s[0]], "").tap(|c| c.cache.enabled = false))
+        .await;
+    for _ in 0..2 {
+        let r = client().get(p.url(TOOLS)).send().await.unwrap();
+        assert!(r.headers().get("x-cache").is_none());
+    }
+    assert_eq!(calls(&s[0], TOOLS), 2);
+}
+
+#[tokio::test]
+async fn the_cache_reports_itself_in_metrics() {
+    let s = standins(1).await;
+    let n = Node::start(cache_config(&[&s[0]], "")).await;
+    n.get(TOOLS, &[]).await;
+    // Once stored, the next read is an L1 hit (not a join of the fill).
+    until(Duration::from_secs(2), "entry stored", || async {
+        n.cache.l1_entries().await == 1
+    })
+    .await;
+    n.get(TOOLS, &[]).await;
+    n.send(
+        Method::DELETE,
+        "/v1/tools/tool-0a1b2c3d-1b2c-4d5e-8f90-0123456789ab",
+        &[],
+        None,
+    )
+    .await;
+    let m = |k: &'static str| n.metric(k);
+    assert_eq!(
+        m("letta_proxy_cache_lookups_total{result=\"hit\",tier=\"l1\"}").await,
+        1.0
+    );
+    assert_eq!(
+        m("letta_proxy_cache_lookups_total{result=\"miss\",tier=\"l1\"}").await,
+        1.0
+    );
+    assert_eq!(m("letta_proxy_cache_stores_total{tier=\"l1\"}").await, 1.0);
+    assert_eq!(
+        m("letta_proxy_cache_invalidations_total{origin=\"local\"}").await,
+        1.0
+    );
+    assert!(m("letta_proxy_cache_invalidated_entries_total{tier=\"l1\"}").await >= 1.0);
+    let text = client()
+        .get(n.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for family in [
+        "letta_proxy_cache_l1_entries",
+        "letta_proxy_cache_l1_bytes",
+        "letta_proxy_cache_evictions_total",
+    ] {
+        assert!(text.contains(family), "{family}");
+    }
+}
+
+/// Edits a value in place and returns it (config tweaks in one expression).
+trait Tap: Sized {
+    fn tap(mut self, f: impl FnOnce(&mut Self)) -> Self {
+        f(&mut self);
+        self
+    }
+}
+impl<T> Tap for T {}
