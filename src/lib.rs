@@ -10,13 +10,16 @@
 //! A request's way through the crate, outermost first:
 //!
 //! - [`server`]: accepts HTTP/1.1 and h2c connections, answers the proxy's own
-//!   paths (`/metrics`, `/-/healthy`, `/-/ready`), drains on shutdown.
+//!   paths (`/metrics`, `/-/healthy`, `/-/ready`, `/-/stats`, `/-/status`,
+//!   `/-/batch`), serves the admin API, reloads the config, drains on shutdown.
 //! - [`cache`]: the response cache as a tower layer in front of the proxy:
 //!   in-process and Redis tiers, identity-scoped keys, invalidation by Letta
 //!   ids across instances, coalescing, unchanged-write suppression.
 //! - [`proxy`]: forwards one request: header rules ([`proxy::headers`]), the
-//!   pooled client ([`proxy::client`]), bodies streamed both ways with the
-//!   in-flight slot released at the end of the response body ([`proxy::body`]).
+//!   per-backend connection pool ([`proxy::pool`]), bodies streamed both ways
+//!   with the in-flight slot released at the end of the response body
+//!   ([`proxy::body`]), and what is recorded about each request
+//!   ([`proxy::observe`]).
 //! - [`routes`]: what a Letta path means: template for metrics, agent and block
 //!   ids, read vs write, streaming.
 //! - [`limit`]: backpressure: the proxy-wide cap, the bounded FIFO queue for
@@ -29,6 +32,7 @@
 //! - [`error`]: the errors the proxy answers with and their one status mapping.
 //! - [`config`]: the TOML file, environment overrides, validation.
 //! - [`metrics`]: the Prometheus families.
+//! - [`stats`]: sliding-window figures for people (`/-/stats`, `/-/status`).
 //! - [`standin`]: a stand-in Letta server for `--demo` and the tests.
 //!
 //! Tests and benches drive the library directly: [`serve`] takes an already

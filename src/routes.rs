@@ -153,75 +153,83 @@ fn id_param(seg: &str) -> Option<&'static str> {
 
 fn known_word(seg: &str) -> Option<&'static str> {
     // Path words of Letta's REST API. Anything else in a word position becomes
-    // `{param}`, which keeps metric label values to this fixed vocabulary.
-    const WORDS: &[&str] = &[
-        "agents",
-        "blocks",
-        "messages",
-        "stream",
-        "core-memory",
-        "archival-memory",
-        "archival",
-        "memory",
-        "tools",
-        "sources",
-        "folders",
-        "files",
-        "runs",
-        "steps",
-        "jobs",
-        "identities",
-        "models",
-        "embedding",
-        "embeddings",
-        "health",
-        "ready",
-        "search",
-        "export",
-        "import",
-        "preview-raw-payload",
-        "context",
-        "groups",
-        "providers",
-        "templates",
-        "passages",
-        "attach",
-        "detach",
-        "reset-messages",
-        "async",
-        "count",
-        "upload",
-        "usage",
-        "cancel",
-        "summarize",
-        "properties",
-        "mcp-servers",
-        "sandbox-config",
-        "tags",
-        "users",
-        "orgs",
-        "admin",
-        "archives",
-        "batches",
-        "voice-beta",
-        "chat",
-        "completions",
-        "conversations",
-        "feedback",
-        "metadata",
-        "trace",
-        "telemetry",
-        "llm",
-        "schemas",
-        "add-base-tools",
-        "pending",
-        "active",
-        "ids",
-        "compact",
-        "internal-templates",
-        "client-side-access-tokens",
-    ];
-    WORDS.iter().copied().find(|w| *w == seg)
+    // `{param}`, which keeps metric label values to this fixed vocabulary. A
+    // `match` compiles to length-and-bytes dispatch, not a scan of the list.
+    macro_rules! words {
+        ($($w:literal)|*) => {
+            match seg {
+                $($w => Some($w),)*
+                _ => None,
+            }
+        };
+    }
+    words!(
+        "agents"
+            | "blocks"
+            | "messages"
+            | "stream"
+            | "core-memory"
+            | "archival-memory"
+            | "archival"
+            | "memory"
+            | "tools"
+            | "sources"
+            | "folders"
+            | "files"
+            | "runs"
+            | "steps"
+            | "jobs"
+            | "identities"
+            | "models"
+            | "embedding"
+            | "embeddings"
+            | "health"
+            | "ready"
+            | "search"
+            | "export"
+            | "import"
+            | "preview-raw-payload"
+            | "context"
+            | "groups"
+            | "providers"
+            | "templates"
+            | "passages"
+            | "attach"
+            | "detach"
+            | "reset-messages"
+            | "async"
+            | "count"
+            | "upload"
+            | "usage"
+            | "cancel"
+            | "summarize"
+            | "properties"
+            | "mcp-servers"
+            | "sandbox-config"
+            | "tags"
+            | "users"
+            | "orgs"
+            | "admin"
+            | "archives"
+            | "batches"
+            | "voice-beta"
+            | "chat"
+            | "completions"
+            | "conversations"
+            | "feedback"
+            | "metadata"
+            | "trace"
+            | "telemetry"
+            | "llm"
+            | "schemas"
+            | "add-base-tools"
+            | "pending"
+            | "active"
+            | "ids"
+            | "compact"
+            | "internal-templates"
+            | "client-side-access-tokens"
+    )
 }
 
 /// A template's shape: its segments, how many are used, whether it was cut.

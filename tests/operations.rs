@@ -422,3 +422,39 @@ async fn a_batch_answers_every_sub_request_in_order_with_partial_failures() {
         .unwrap();
     assert_eq!(bad.status(), 400);
 }
+
+#[tokio::test]
+async fn stats_report_the_cache_hit_ratio() {
+    let s = standins(1).await;
+    let mut cfg = config_for(&[&s[0]], "round_robin");
+    cfg.cache.enabled = true;
+    let proxy = TestProxy::start(cfg).await;
+    let c = client();
+    let stats = || async {
+        let v: Value = c
+            .get(proxy.url("/-/stats"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["cache_hit_ratio"].clone()
+    };
+    assert_eq!(stats().await, Value::Null, "no cacheable request yet");
+    // One miss, then three hits of the same answer.
+    for _ in 0..4 {
+        let r = c
+            .get(proxy.url(&format!("/v1/agents/{AGENT}")))
+            .send()
+            .await
+            .unwrap();
+        r.bytes().await.unwrap();
+    }
+    assert_eq!(
+        s[0].stats.requests(),
+        1,
+        "three answers came from the cache"
+    );
+    assert_eq!(stats().await.as_f64(), Some(0.75));
+}

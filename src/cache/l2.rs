@@ -22,140 +22,18 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ErrorKind, RedisResult, ToRedisArgs};
+use redis::RedisResult;
 
 use super::breaker::Breaker;
 use super::config::CacheConfig;
 use super::entry::Entry;
 use super::key::CacheKey;
 use super::metrics::{CacheMetrics, RedisOp};
+use super::scripts::{Args, Lua, FLUSH, INVALIDATE, STORE};
 use super::tags::{Tag, BLOCKS};
 
 /// Most tags held for replay; past it, the whole shared tier is dropped instead.
 const MAX_PENDING_TAGS: usize = 10_000;
-
-const STORE: &str = r#"
-local p, start, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[7])
-local flushed = redis.call('GET', p .. 'flushed')
-if flushed and tonumber(flushed) > start then return 0 end
-for i = 8, 7 + n do
-  local inv = redis.call('GET', p .. 'inv:' .. ARGV[i])
-  if inv and tonumber(inv) > start then return 0 end
-end
-redis.call('SET', p .. 'e:' .. ARGV[5], ARGV[4], 'PX', ARGV[3])
-for i = 8, 7 + n do
-  local t = p .. 't:' .. ARGV[i]
-  redis.call('SADD', t, ARGV[5])
-  redis.call('PEXPIRE', t, ARGV[6])
-end
-local agent = ARGV[8 + n]
-if agent ~= '' then
-  local r = p .. 'rel:' .. agent
-  redis.call('DEL', r)
-  redis.call('SADD', r, '.')
-  for i = 10 + n, #ARGV do redis.call('SADD', r, ARGV[i]) end
-  redis.call('PEXPIRE', r, ARGV[9 + n])
-end
-return 1
-"#;
-
-const INVALIDATE: &str = r#"
-local p = ARGV[1]
-local e = redis.call('INCR', p .. 'epoch')
-local tags, forget = {}, {}
-local i = 6
-for _ = 1, tonumber(ARGV[5]) do tags[#tags + 1] = ARGV[i]; i = i + 1 end
-local ne = tonumber(ARGV[i]); i = i + 1
-for _ = 1, ne do
-  local blocks = redis.call('SMEMBERS', p .. 'rel:' .. ARGV[i])
-  if #blocks == 0 then tags[#tags + 1] = ARGV[#ARGV] end
-  for _, b in ipairs(blocks) do if b ~= '.' then tags[#tags + 1] = b end end
-  i = i + 1
-end
-local nf = tonumber(ARGV[i]); i = i + 1
-for _ = 1, nf do
-  forget[#forget + 1] = ARGV[i]
-  redis.call('DEL', p .. 'rel:' .. ARGV[i])
-  i = i + 1
-end
-local deleted = 0
-for _, t in ipairs(tags) do
-  local set = p .. 't:' .. t
-  for _, k in ipairs(redis.call('SMEMBERS', set)) do
-    deleted = deleted + redis.call('DEL', p .. 'e:' .. k)
-  end
-  redis.call('DEL', set)
-  redis.call('SET', p .. 'inv:' .. t, e, 'PX', ARGV[2])
-end
-local msg = ARGV[4] .. '\n' .. table.concat(tags, '\n')
-for _, a in ipairs(forget) do msg = msg .. '\n-' .. a end
-redis.call('PUBLISH', ARGV[3], msg)
-return deleted
-"#;
-
-const FLUSH: &str = r#"
-local p = ARGV[1]
-local e = redis.call('INCR', p .. 'epoch')
-redis.call('SET', p .. 'flushed', e)
-redis.call('PUBLISH', ARGV[2], ARGV[3] .. '\n*')
-return e
-"#;
-
-/// A Lua script, run by SHA once Redis knows it (loaded on first use and
-/// again after a Redis restart forgot it).
-struct Lua {
-    src: &'static str,
-    sha: Mutex<Option<String>>,
-}
-
-/// A script call's arguments (no KEYS: see the module doc).
-#[derive(Default)]
-struct Args(Vec<Vec<u8>>);
-
-impl Args {
-    fn arg<T: ToRedisArgs>(&mut self, v: T) -> &mut Args {
-        self.0.extend(v.to_redis_args());
-        self
-    }
-}
-
-impl Lua {
-    const fn new(src: &'static str) -> Lua {
-        Lua {
-            src,
-            sha: Mutex::new(None),
-        }
-    }
-
-    async fn run<T: redis::FromRedisValue>(
-        &self,
-        conn: &mut ConnectionManager,
-        args: &Args,
-    ) -> RedisResult<T> {
-        let evalsha = |sha: &str| {
-            let mut cmd = redis::cmd("EVALSHA");
-            cmd.arg(sha).arg(0);
-            for a in &args.0 {
-                cmd.arg(a);
-            }
-            cmd
-        };
-        let known = self.sha.lock().expect("sha poisoned").clone();
-        if let Some(sha) = known {
-            match evalsha(&sha).query_async(conn).await {
-                Err(e) if e.kind() == ErrorKind::NoScriptError => {}
-                other => return other,
-            }
-        }
-        let sha: String = redis::cmd("SCRIPT")
-            .arg("LOAD")
-            .arg(self.src)
-            .query_async(conn)
-            .await?;
-        *self.sha.lock().expect("sha poisoned") = Some(sha.clone());
-        evalsha(&sha).query_async(conn).await
-    }
-}
 
 /// One write's invalidation, as sent to Redis.
 #[derive(Debug, Clone, Default)]

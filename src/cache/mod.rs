@@ -15,10 +15,12 @@
 //! - [`epochs`]: keeps a slow answer from being stored after a write made it stale.
 //! - [`l1`]: moka bounded by bytes, per-entry TTL, tag index.
 //! - [`l2`]: Redis with timeouts, a circuit breaker and atomic Lua scripts;
-//!   [`pubsub`] carries invalidations to the other instances.
+//!   [`pubsub`] carries invalidations to the other instances; the Lua
+//!   scripts live in `scripts.rs`.
 //! - [`coalesce`]: concurrent misses for one key make one backend request.
 //! - [`tee`]: body observers that copy a miss while it streams to the client.
-//! - [`service`]: the layer: lookup, fill, invalidate, suppress.
+//! - [`service`]: the layer and the read path: lookup, coalesce, fill.
+//! - [`write`]: the write path: invalidate, hold, suppress unchanged writes.
 //! - [`metrics`]: the `letta_proxy_cache_*` families.
 //!
 //! Correctness rules, in one place: an entry is only served to the identity
@@ -40,9 +42,11 @@ pub mod metrics;
 pub mod policy;
 pub mod pubsub;
 pub mod relations;
+mod scripts;
 pub mod service;
 pub mod tags;
 pub mod tee;
+pub mod write;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -65,9 +69,11 @@ use policy::Policy;
 use relations::Relations;
 use tags::WritePlan;
 
-/// The policy in force and the config it was compiled from (rules follow reloads).
+/// The policy in force and the config it was compiled from (rules follow
+/// reloads). The config is held, not just its address, so a new config can
+/// never be mistaken for it.
 struct Compiled {
-    source: usize,
+    source: Option<Arc<crate::Config>>,
     policy: Arc<Policy>,
 }
 
@@ -140,7 +146,7 @@ impl Cache {
         });
         let shared = Arc::new(Shared {
             compiled: ArcSwap::from_pointee(Compiled {
-                source: 0,
+                source: None,
                 policy: Arc::new(Policy::new(c)),
             }),
             l1,
@@ -177,13 +183,18 @@ impl Cache {
     /// Follows a reloaded configuration: rules, TTLs, vary headers, size cap,
     /// `enabled` and suppression apply at once; tiers and Redis settings at restart.
     pub fn follow(&self, config: &Arc<crate::Config>) {
-        let source = Arc::as_ptr(config) as usize;
-        if self.shared.compiled.load().source != source {
-            self.shared.compiled.store(Arc::new(Compiled {
-                source,
-                policy: Arc::new(Policy::new(&config.cache)),
-            }));
+        let current = self.shared.compiled.load();
+        if current
+            .source
+            .as_ref()
+            .is_some_and(|s| Arc::ptr_eq(s, config))
+        {
+            return;
         }
+        self.shared.compiled.store(Arc::new(Compiled {
+            source: Some(config.clone()),
+            policy: Arc::new(Policy::new(&config.cache)),
+        }));
     }
 
     /// Remote invalidations applied so far.

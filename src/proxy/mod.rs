@@ -1,10 +1,13 @@
 //! Forwarding: one request in, one backend chosen, the answer streamed back.
 //!
 //! [`Proxy::forward`] is the whole path of a proxied request:
-//! classify the route → prepare headers in place → pick a backend and take an
-//! in-flight slot → send over the pooled client (a refused connection moves on to
-//! the next backend: nothing was sent) → rewrite the response headers → hand the
-//! body to the client with the slot inside, released when the body ends.
+//! apply the limits (global cap, per-agent write order) → prepare headers in
+//! place → pick a backend and take an in-flight slot (queueing when every backend
+//! is at its cap) → check out a connection from that backend's pool *before*
+//! building the request (a refused connect moves on to the next backend: nothing
+//! was sent) → send → retry safe requests once where allowed → rewrite the
+//! response headers → hand the body to the client with the slot, the write turn
+//! and the connection inside, released when the body ends.
 
 pub mod body;
 pub mod headers;

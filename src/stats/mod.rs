@@ -26,7 +26,8 @@ pub struct Snapshot {
     pub overall: Summary,
     pub in_flight: u64,
     pub backends: Vec<BackendStats>,
-    /// Cache hits / (hits + misses) since start; `null` before any cacheable request.
+    /// Share of cache lookups answered without a backend since start (memory,
+    /// Redis or a coalesced miss); `null` before any cacheable request or with the cache off.
     pub cache_hit_ratio: Option<f64>,
     pub process: ProcessStats,
 }
@@ -81,28 +82,41 @@ pub fn snapshot(proxy: &Proxy) -> Snapshot {
                 .sum()
         })
     };
-    let sum_matching = |name: &str, label: &str, values: &[&str]| -> f64 {
+    // Sum of a counter family's samples whose labels include every `(name, value)`.
+    let counter = |family: &str, labels: &[(&str, &str)]| -> f64 {
         families
             .iter()
-            .filter(|f| f.name() == name)
+            .filter(|f| f.name() == family)
             .flat_map(|f| f.get_metric().iter())
             .filter(|m| {
-                m.get_label()
-                    .iter()
-                    .any(|l| l.name() == label && values.contains(&l.value()))
+                labels.iter().all(|(k, v)| {
+                    m.get_label()
+                        .iter()
+                        .any(|l| l.name() == *k && l.value() == *v)
+                })
             })
             .map(|m| m.get_counter().value())
             .sum()
     };
-    let hits = sum_matching("letta_proxy_cache_requests_total", "result", &["hit"]);
-    let misses = sum_matching("letta_proxy_cache_requests_total", "result", &["miss"]);
+    // A cacheable request is looked up in memory first: hits are memory hits, Redis
+    // hits and requests served by a coalesced miss; the rest went to a backend.
+    let lookups = "letta_proxy_cache_lookups_total";
+    let l1_hits = counter(lookups, &[("tier", "l1"), ("result", "hit")]);
+    let l1_misses = counter(lookups, &[("tier", "l1"), ("result", "miss")]);
+    let l2_hits = counter(lookups, &[("tier", "l2"), ("result", "hit")]);
+    let coalesced = counter(
+        "letta_proxy_cache_requests_total",
+        &[("outcome", "coalesced")],
+    );
+    let looked_up = l1_hits + l1_misses;
     Snapshot {
         window_seconds: WINDOW.as_secs(),
         strategy: proxy.config().balancer.strategy.as_str(),
         overall: proxy.window.summary(now, WINDOW),
         in_flight: set.backends.iter().map(|b| b.in_flight()).sum(),
         backends,
-        cache_hit_ratio: (hits + misses > 0.0).then(|| hits / (hits + misses)),
+        cache_hit_ratio: (looked_up > 0.0)
+            .then(|| ((l1_hits + l2_hits + coalesced) / looked_up).min(1.0)),
         process: ProcessStats {
             cpu_seconds: value("process_cpu_seconds_total").unwrap_or(0.0),
             resident_memory_bytes: value("process_resident_memory_bytes").unwrap_or(0.0),
