@@ -310,7 +310,7 @@ impl Proxy {
     ) -> Result<Forwarded, ProxyError> {
         let server = &live.config.server;
         let limits = &live.config.limits;
-        let global = live.global.try_acquire();
+        let mut global = live.global.try_acquire();
         if global.is_none() {
             self.metrics
                 .rejections
@@ -347,7 +347,7 @@ impl Proxy {
         let is_read = route.is_read(&parts.method);
         // Writes to one agent or block wait for the earlier ones (before taking a
         // backend slot, so waiting writes do not occupy backends).
-        let write_turn = match (
+        let mut write_turn = match (
             limits.serialize_agent_writes && !is_read,
             route.agent_id.or(route.block_id),
         ) {
@@ -395,8 +395,6 @@ impl Proxy {
         let mut tried = Tried::default();
         let mut retried = false;
         let mut last_err: Option<ProxyError> = None;
-        let mut write_turn = write_turn;
-        let mut global = global;
         loop {
             let acquired = self
                 .upstreams
