@@ -320,7 +320,8 @@ impl Proxy {
                 "the proxy is at limits.max_in_flight",
             ));
         }
-        if let Some(len) = content_length(&parts.headers) {
+        let declared_len = content_length(&parts.headers);
+        if let Some(len) = declared_len {
             if len > server.max_body_size {
                 return Err(ProxyError::BodyTooLarge {
                     limit: server.max_body_size,
@@ -372,7 +373,7 @@ impl Proxy {
         };
 
         // Safe requests with a small body are read into memory so they can be retried.
-        let body = match (is_read, content_length(&parts.headers)) {
+        let body = match (is_read, declared_len) {
             (true, Some(len)) if len > 0 && len <= limits.retry_max_body => buffer(body).await?,
             _ => body,
         };
