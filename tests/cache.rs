@@ -249,14 +249,7 @@ async fn the_cache_reports_itself_in_metrics() {
         1.0
     );
     assert!(m("letta_proxy_cache_invalidated_entries_total{tier=\"l1\"}").await >= 1.0);
-    let text = client()
-        .get(n.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = support::scrape(&n.url("/metrics")).await;
     for family in [
         "letta_proxy_cache_l1_entries",
         "letta_proxy_cache_l1_bytes",

@@ -177,14 +177,7 @@ async fn a_killed_redis_costs_hits_never_requests() {
     assert!(
         a.metric("letta_proxy_cache_redis_errors_total").await >= 1.0 || {
             // The family is labelled: find any op with errors.
-            let text = support::client()
-                .get(a.url("/metrics"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let text = support::scrape(&a.url("/metrics")).await;
             text.lines().any(|l| {
                 l.starts_with("letta_proxy_cache_redis_errors_total{") && !l.ends_with(" 0")
             })

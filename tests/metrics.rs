@@ -26,14 +26,7 @@ async fn families_move_and_routes_are_templates() {
         .bytes()
         .await
         .unwrap();
-    let text = c
-        .get(proxy.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = scrape(&proxy.url("/metrics")).await;
     assert!(!text.contains(AGENT), "raw ids must never be labels");
     assert!(text.contains("# TYPE http_server_request_duration_seconds histogram"));
     let route = "http_route=\"/v1/agents/{agent_id}\"";

@@ -18,6 +18,11 @@ fn admin_url(proxy: &TestProxy, path: &str) -> String {
     )
 }
 
+/// Sends `rb` and returns the answer's status.
+async fn status(rb: reqwest::RequestBuilder) -> reqwest::StatusCode {
+    rb.send().await.unwrap().status()
+}
+
 fn backends_toml(backends: &[&letta_proxy::standin::StandIn]) -> String {
     backends
         .iter()
@@ -104,19 +109,15 @@ async fn admin_api_drains_adds_removes_and_switches_strategy_with_a_token() {
     })
     .await;
     // Token enforced on reads and writes.
-    let r = c
-        .get(admin_url(&proxy, "/-/backends"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
-    let r = c
-        .post(admin_url(&proxy, "/-/backends/be1/drain"))
-        .bearer_auth("wrong")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
+    assert_eq!(status(c.get(admin_url(&proxy, "/-/backends"))).await, 401);
+    assert_eq!(
+        status(
+            c.post(admin_url(&proxy, "/-/backends/be1/drain"))
+                .bearer_auth("wrong")
+        )
+        .await,
+        401
+    );
     let auth = |rb: reqwest::RequestBuilder| rb.bearer_auth("s3cret");
     let list: Value = auth(c.get(admin_url(&proxy, "/-/backends")))
         .send()
@@ -128,11 +129,7 @@ async fn admin_api_drains_adds_removes_and_switches_strategy_with_a_token() {
     assert_eq!(list["backends"].as_array().unwrap().len(), 2);
     // Drain be1: traffic goes to be2 only.
     assert_eq!(
-        auth(c.post(admin_url(&proxy, "/-/backends/be1/drain")))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status(auth(c.post(admin_url(&proxy, "/-/backends/be1/drain")))).await,
         200
     );
     for _ in 0..4 {
@@ -144,40 +141,23 @@ async fn admin_api_drains_adds_removes_and_switches_strategy_with_a_token() {
     // Add be3, remove be2, undrain be1.
     let add = json!({"name": "be3", "url": s[2].url()});
     assert_eq!(
-        auth(c.post(admin_url(&proxy, "/-/backends")).json(&add))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status(auth(c.post(admin_url(&proxy, "/-/backends")).json(&add))).await,
         201
     );
-    let dup = auth(c.post(admin_url(&proxy, "/-/backends")).json(&add))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(dup.status(), 400);
     assert_eq!(
-        auth(c.delete(admin_url(&proxy, "/-/backends/be2")))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status(auth(c.post(admin_url(&proxy, "/-/backends")).json(&add))).await,
+        400
+    );
+    assert_eq!(
+        status(auth(c.delete(admin_url(&proxy, "/-/backends/be2")))).await,
         200
     );
     assert_eq!(
-        auth(c.delete(admin_url(&proxy, "/-/backends/nope")))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status(auth(c.delete(admin_url(&proxy, "/-/backends/nope")))).await,
         404
     );
     assert_eq!(
-        auth(c.post(admin_url(&proxy, "/-/backends/be1/undrain")))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status(auth(c.post(admin_url(&proxy, "/-/backends/be1/undrain")))).await,
         200
     );
     let mut seen = HashSet::new();
@@ -188,26 +168,26 @@ async fn admin_api_drains_adds_removes_and_switches_strategy_with_a_token() {
     }
     assert_eq!(seen, HashSet::from(["be1".to_string(), "be3".to_string()]));
     // Strategy switch, validated.
-    let r = auth(
-        c.put(admin_url(&proxy, "/-/strategy"))
-            .json(&json!({"strategy": "least_connections"})),
-    )
-    .send()
-    .await
-    .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(
+        status(auth(
+            c.put(admin_url(&proxy, "/-/strategy"))
+                .json(&json!({"strategy": "least_connections"})),
+        ))
+        .await,
+        200
+    );
     assert_eq!(
         proxy.proxy.upstreams.load().strategy.name(),
         "least_connections"
     );
-    let r = auth(
-        c.put(admin_url(&proxy, "/-/strategy"))
-            .json(&json!({"strategy": "fastest"})),
-    )
-    .send()
-    .await
-    .unwrap();
-    assert_eq!(r.status(), 400);
+    assert_eq!(
+        status(auth(
+            c.put(admin_url(&proxy, "/-/strategy"))
+                .json(&json!({"strategy": "fastest"})),
+        ))
+        .await,
+        400
+    );
     // The admin listener also answers the read-only endpoints.
     let m = auth(c.get(admin_url(&proxy, "/metrics")))
         .send()

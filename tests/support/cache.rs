@@ -112,19 +112,7 @@ impl Node {
 
     /// The value of the first `/metrics` sample starting with `prefix`.
     pub async fn metric(&self, prefix: &str) -> f64 {
-        let text = super::client()
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find(|l| l.starts_with(prefix))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
+        super::sample(&super::scrape(&self.url("/metrics")).await, prefix).unwrap_or(0.0)
     }
 }
 

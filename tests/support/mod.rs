@@ -168,14 +168,23 @@ where
 /// Fetches `/metrics` and returns the value of the first sample whose line starts
 /// with `prefix` (e.g. `letta_proxy_backend_in_flight{backend="be1"}`).
 pub async fn metric(proxy: &TestProxy, prefix: &str) -> Option<f64> {
-    let text = client()
-        .get(proxy.url("/metrics"))
+    sample(&scrape(&proxy.url("/metrics")).await, prefix)
+}
+
+/// The body of `GET url` as text (a `/metrics` scrape, mostly).
+pub async fn scrape(url: &str) -> String {
+    client()
+        .get(url)
         .send()
         .await
-        .ok()?
+        .unwrap()
         .text()
         .await
-        .ok()?;
+        .unwrap()
+}
+
+/// The value of the first sample in Prometheus `text` whose line starts with `prefix`.
+pub fn sample(text: &str, prefix: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.starts_with(prefix))
         .and_then(|l| l.rsplit(' ').next())
