@@ -235,8 +235,10 @@ fn known_word(seg: &str) -> Option<&'static str> {
 /// A template's shape: its segments, how many are used, whether it was cut.
 /// `Copy` and fixed-size, so looking a template up allocates nothing.
 type Shape = ([Seg; MAX_TEMPLATE_SEGMENTS], usize, bool);
-/// Interned templates by shape.
-type Templates = HashMap<Shape, &'static str>;
+/// Interned templates by shape. Looked up on every request with a key of a few
+/// machine words: FxHash, not SipHash (no untrusted keys reach the table: a
+/// shape is built from a fixed vocabulary).
+type Templates = HashMap<Shape, &'static str, rustc_hash::FxBuildHasher>;
 
 fn intern(key: Shape) -> &'static str {
     static TABLE: OnceLock<RwLock<Templates>> = OnceLock::new();

@@ -85,20 +85,26 @@ impl Glob {
         )
     }
 
-    fn matches(&self, path: &str) -> bool {
-        let mut segs = path.split('/');
-        segs.next(); // before the leading '/'
-        let mut buf: [&str; 16] = [""; 16];
-        let mut n = 0;
-        for s in segs {
-            if n == buf.len() {
-                return false; // deeper than any Letta route: never cached by a rule
-            }
-            buf[n] = s;
-            n += 1;
-        }
-        match_from(&self.0, &buf[..n])
+    fn matches(&self, segs: &[&str]) -> bool {
+        match_from(&self.0, segs)
     }
+}
+
+/// Most path segments a rule can match: deeper than any Letta route.
+const MAX_SEGMENTS: usize = 16;
+
+/// Splits `path` into its segments once, for every rule to match against.
+/// `None` when it is deeper than [`MAX_SEGMENTS`]: never cached by a rule.
+fn split_path(path: &str) -> Option<([&str; MAX_SEGMENTS], usize)> {
+    let mut segs = path.split('/');
+    segs.next(); // before the leading '/'
+    let mut buf: [&str; MAX_SEGMENTS] = [""; MAX_SEGMENTS];
+    let mut n = 0;
+    for s in segs {
+        *buf.get_mut(n)? = s;
+        n += 1;
+    }
+    Some((buf, n))
 }
 
 fn match_from(pat: &[Seg], path: &[&str]) -> bool {
@@ -170,6 +176,9 @@ impl Policy {
 
     /// The rule TTL for `method` on `path`: `Some` when cacheable.
     fn ttl_for(&self, method: &Method, path: &str) -> Option<Duration> {
+        // Split once, not once per rule: this runs on every cacheable request.
+        let split = split_path(path);
+        let segs = split.as_ref().map_or(&[][..], |(buf, n)| &buf[..*n]);
         for r in &self.rules {
             let applies = match *method {
                 Method::GET => r.get,
@@ -177,7 +186,7 @@ impl Policy {
                 Method::POST => r.post,
                 _ => false,
             };
-            if applies && r.glob.matches(path) {
+            if applies && split.is_some() && r.glob.matches(segs) {
                 return r.ttl;
             }
         }

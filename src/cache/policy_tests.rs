@@ -45,7 +45,8 @@ fn globs() {
         ("/v1/**/files/**", "/v1/agents/a", false),
     ];
     for (g, p, want) in cases {
-        assert_eq!(Glob::new(g).matches(p), want, "{g} vs {p}");
+        let (buf, n) = split_path(p).expect("shallow path");
+        assert_eq!(Glob::new(g).matches(&buf[..n]), want, "{g} vs {p}");
     }
 }
 

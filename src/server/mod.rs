@@ -154,7 +154,11 @@ pub async fn serve_with_cache(
         let stack = stack.clone();
         let svc = service_fn(move |req| {
             let stack = stack.clone();
-            async move { Ok::<_, Infallible>(handle(&stack, req, peer).await) }
+            // Boxed: hyper gives every connection a slot the size of the service's
+            // future, allocated when the connection opens. The request future is
+            // about 4 KiB; boxed, an idle keep-alive connection holds 8 bytes for it
+            // and the 4 KiB exist only while a request is in flight.
+            Box::pin(async move { Ok::<_, Infallible>(handle(&stack, req, peer).await) })
         });
         let conn = builder
             .serve_connection(TokioIo::new(stream), svc)
