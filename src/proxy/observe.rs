@@ -104,7 +104,8 @@ impl Observation {
                 status,
                 backend = backend_name,
                 cache,
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                // Whole microseconds: `1.12` rather than `1.1196089999999999`.
+                duration_ms = elapsed.as_micros() as f64 / 1000.0,
                 bytes = outcome.bytes,
                 complete = outcome.ok,
             );
