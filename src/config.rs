@@ -287,13 +287,6 @@ pub struct LogConfig {
     /// One line per request: id, route template, backend, status, duration,
     /// cache result, bytes. Never `Authorization` or bodies.
     pub access_log: bool,
-    /// Lines wait in memory up to this many bytes before one write to stderr
-    /// (`0`: every line written at once). WARN and ERROR lines never wait.
-    #[serde(deserialize_with = "de_size")]
-    pub buffer: u64,
-    /// Longest a buffered line waits.
-    #[serde(with = "humantime_serde")]
-    pub flush_interval: Duration,
 }
 
 /// Log line format.
@@ -310,8 +303,6 @@ impl Default for LogConfig {
             format: LogFormat::Text,
             level: "info".into(),
             access_log: true,
-            buffer: 64 * 1024,
-            flush_interval: Duration::from_secs(1),
         }
     }
 }

@@ -33,7 +33,6 @@
 //! - [`config`]: the TOML file, environment overrides, validation.
 //! - [`metrics`]: the Prometheus families.
 //! - [`stats`]: sliding-window figures for people (`/-/stats`, `/-/status`).
-//! - [`logging`]: log lines to stderr through a buffer, WARN and ERROR at once.
 //! - [`standin`]: a stand-in Letta server for `--demo` and the tests.
 //!
 //! Tests and benches drive the library directly: [`serve`] takes an already
@@ -48,7 +47,6 @@ pub mod config;
 pub mod error;
 pub mod health;
 pub mod limit;
-pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod routes;

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 use std::sync::Arc;
 
-use letta_proxy::config::{BackendConfig, Config, DEFAULT_CONFIG_PATH};
+use letta_proxy::config::{BackendConfig, Config, LogConfig, LogFormat, DEFAULT_CONFIG_PATH};
 use letta_proxy::standin::StandIn;
 use letta_proxy::Proxy;
 
@@ -35,8 +35,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // Dropping it writes out the buffered log lines.
-    let log = letta_proxy::logging::init(&config.log);
+    init_logging(&config.log);
     if cli.check {
         println!(
             "config ok: listen {}, strategy {}, {} backend(s): {}",
@@ -61,14 +60,27 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let result = runtime.block_on(run(config, path, cli.demo));
-    drop(log); // buffered lines first, then the last word
-    match result {
+    match runtime.block_on(run(config, path, cli.demo)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("letta-proxy: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn init_logging(log: &LogConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log.level))
+        .unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match log.format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
     }
 }
 
