@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Where a request's CPU goes: user and kernel microseconds per request for nginx and
+# letta-proxy (cache off and cache hits), each pinned to CPU 1 and saturated by wrk on
+# CPU 0, from /proc/<pid>/stat before and after a run; then, with perf, the share of
+# samples in the kernel, the proxy and libc, and the kernel's wake-up cost.
+#
+#   benches/cpu.sh                 # ~2 min; ROUNDS=3 DURATION=5
+#
+# Uses the shared harness's backends and nginx config (../shared/bench, or BENCH_DIR).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SHARED=${BENCH_DIR:-$ROOT/../shared/bench}
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-5}
+[ -x "$SHARED/run.sh" ] || { echo "harness not found at $SHARED (set BENCH_DIR)" >&2; exit 1; }
+for tool in nginx wrk; do command -v $tool >/dev/null || { echo "needs $tool" >&2; exit 1; }; done
+if [ ! -w "$SHARED" ]; then
+  WORK=/tmp/letta-proxy-bench-harness
+  [ -x "$WORK/run.sh" ] || { rm -rf "$WORK"; cp -r "$SHARED" "$WORK"; chmod -R u+w "$WORK"; }
+  SHARED=$WORK
+fi
+BE=$SHARED/backend/target/release/backend
+[ -x "$BE" ] || (cd "$SHARED/backend" && cargo build --release -q)
+(cd "$ROOT" && cargo build --release --bin letta-proxy)
+BIN=$ROOT/target/release/letta-proxy
+TMP=$(mktemp -d /tmp/letta-proxy-cpu.XXXX)
+PIDS=()
+cleanup() {
+  nginx -p "$TMP/nginx" -c "$SHARED/peers/nginx.conf" -s stop 2>/dev/null || true
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+export BENCH_LUA_DIR=$SHARED/lua
+URL_PATH=/v1/agents/agent-00000000-0000-4000-8000-000000000001
+
+conf() { # name port cache(true|false)
+  cat > "$TMP/$1.toml" <<TOML
+[server]
+listen = "127.0.0.1:$2"
+[balancer]
+strategy = "round_robin"
+[[backends]]
+name = "be1"
+url = "http://127.0.0.1:18081"
+[[backends]]
+name = "be2"
+url = "http://127.0.0.1:18082"
+[log]
+access_log = false
+level = "warn"
+[limits]
+serialize_agent_writes = false
+[cache]
+enabled = $3
+TOML
+}
+conf ours 18100 false
+conf ours-cache 18101 true
+mkdir -p "$TMP/nginx/logs" "$TMP/nginx/tmp"
+
+taskset -c 0 "$BE" --port 18081 --name be1 >/dev/null 2>&1 & PIDS+=($!)
+taskset -c 0 "$BE" --port 18082 --name be2 >/dev/null 2>&1 & PIDS+=($!)
+taskset -c 1 nginx -p "$TMP/nginx" -c "$SHARED/peers/nginx.conf" >/dev/null 2>&1 & PIDS+=($!)
+taskset -c 1 "$BIN" --config "$TMP/ours.toml" >/dev/null 2>&1 & OURS=$!; PIDS+=($OURS)
+taskset -c 1 "$BIN" --config "$TMP/ours-cache.toml" >/dev/null 2>&1 & CACHE=$!; PIDS+=($CACHE)
+for port in 18081 18082 18090 18100 18101; do
+  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+done
+NGINX=$(pgrep -P "$(cat "$TMP/nginx/nginx.pid")" -f "nginx: worker" | head -1)
+HZ=$(getconf CLK_TCK)
+
+# measure PID PORT -> "req/s user_us_per_req kernel_us_per_req"
+measure() {
+  local pid=$1 port=$2 u0 s0 u1 s1 out
+  read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+  out=$(timeout $((DURATION + 10)) taskset -c 0 wrk -t1 -c64 -d"${DURATION}s" -s "$BENCH_LUA_DIR/get.lua" \
+        "http://127.0.0.1:$port$URL_PATH" | grep '^JSON:' | cut -c6-)
+  read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+  python3 -c '
+import json, sys
+r = json.loads(sys.argv[1]); n = r["requests"]; rps = r["rps"]; hz = int(sys.argv[6])
+us = lambda t0, t1: (int(t1) - int(t0)) * 1e6 / hz / n
+print(f"{rps:.0f} {us(sys.argv[2], sys.argv[3]):.2f} {us(sys.argv[4], sys.argv[5]):.2f}")
+' "$out" "$u0" "$u1" "$s0" "$s1" "$HZ"
+}
+
+# Warm the cache (first GET is a miss) and the pools.
+for port in 18090 18100 18101; do
+  timeout 10 taskset -c 0 wrk -t1 -c64 -d1s "http://127.0.0.1:$port$URL_PATH" >/dev/null
+done
+
+echo "| target | round | req/s | user µs/req | kernel µs/req | total µs/req |"
+echo "|---|---|---|---|---|---|"
+for round in $(seq "$ROUNDS"); do
+  for t in nginx:$NGINX:18090 ours:$OURS:18100 ours_cache_hits:$CACHE:18101; do
+    IFS=: read -r name pid port <<< "$t"
+    read -r rps user sys < <(measure "$pid" "$port")
+    echo "| $name | $round | $rps | $user | $sys | $(python3 -c "print(round($user + $sys, 2))") |"
+  done
+done
+
+command -v perf >/dev/null || { echo "(perf not found: no sample breakdown)"; exit 0; }
+echo
+echo "perf (software clock, 2 s under the same load): share of samples"
+echo
+echo "| target | kernel | proxy binary | libc | wake-ups (_raw_spin_unlock_irqrestore) |"
+echo "|---|---|---|---|---|"
+for t in nginx:$NGINX:18090 ours:$OURS:18100 ours_cache_hits:$CACHE:18101; do
+  IFS=: read -r name pid port <<< "$t"
+  timeout 20 taskset -c 0 wrk -t1 -c64 -d4s "http://127.0.0.1:$port$URL_PATH" >/dev/null &
+  load=$!
+  sleep 1
+  perf record -q -F 1000 -p "$pid" -o "$TMP/$name.perf" -- sleep 2 >/dev/null 2>&1 || true
+  wait $load || true
+  dsos=$(perf report -q -i "$TMP/$name.perf" --sort dso 2>/dev/null)
+  share() { echo "$dsos" | awk -v d="$1" '$2 ~ d {gsub("%","",$1); s+=$1} END {printf "%.1f %%", s}'; }
+  wake=$(perf report -q -i "$TMP/$name.perf" --sort sym 2>/dev/null \
+         | awk '/_raw_spin_unlock_irqrestore/ {gsub("%","",$1); s+=$1} END {printf "%.1f %%", s}')
+  echo "| $name | $(share kernel) | $(share 'nginx|letta-proxy') | $(share libc) | $wake |"
+done
