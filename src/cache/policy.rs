@@ -94,7 +94,7 @@ impl Glob {
 const MAX_SEGMENTS: usize = 16;
 
 /// Splits `path` into its segments once, for every rule to match against.
-/// `None` when it is deeper than [`MAX_SEGMENTS`]: never cached by a rule.
+/// `None` when it is deeper than [`MAX_SEGMENTS`].
 fn split_path(path: &str) -> Option<([&str; MAX_SEGMENTS], usize)> {
     let mut segs = path.split('/');
     segs.next(); // before the leading '/'
@@ -177,8 +177,9 @@ impl Policy {
     /// The rule TTL for `method` on `path`: `Some` when cacheable.
     fn ttl_for(&self, method: &Method, path: &str) -> Option<Duration> {
         // Split once, not once per rule: this runs on every cacheable request.
-        let split = split_path(path);
-        let segs = split.as_ref().map_or(&[][..], |(buf, n)| &buf[..*n]);
+        // Deeper than any Letta route: never cached (no rule could be checked).
+        let (buf, n) = split_path(path)?;
+        let segs = &buf[..n];
         for r in &self.rules {
             let applies = match *method {
                 Method::GET => r.get,
@@ -186,7 +187,7 @@ impl Policy {
                 Method::POST => r.post,
                 _ => false,
             };
-            if applies && split.is_some() && r.glob.matches(segs) {
+            if applies && r.glob.matches(segs) {
                 return r.ttl;
             }
         }

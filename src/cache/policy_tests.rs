@@ -51,6 +51,17 @@ fn globs() {
 }
 
 #[test]
+fn paths_deeper_than_any_letta_route_are_never_cached() {
+    // A rule like `/v1/agents/** cache = false` must not be escaped by depth.
+    let p = policy_with(vec![]);
+    let none = HeaderMap::new();
+    let deep = format!("/v1/agents/{A}{}", "/x".repeat(MAX_SEGMENTS));
+    assert_eq!(p.plan(&Method::GET, &deep, false, &none), Plan::Pass);
+    let shallow = format!("/v1/agents/{A}");
+    assert_ne!(p.plan(&Method::GET, &shallow, false, &none), Plan::Pass);
+}
+
+#[test]
 fn request_plans() {
     let p = policy_with(vec![]);
     let none = HeaderMap::new();
