@@ -8,54 +8,24 @@
 #
 # Uses the shared harness's backends and nginx config (../shared/bench, or BENCH_DIR).
 set -euo pipefail
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-SHARED=${BENCH_DIR:-$ROOT/../shared/bench}
+source "$(dirname "$0")/common.sh"
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5}
-[ -x "$SHARED/run.sh" ] || { echo "harness not found at $SHARED (set BENCH_DIR)" >&2; exit 1; }
-for tool in nginx wrk; do command -v $tool >/dev/null || { echo "needs $tool" >&2; exit 1; }; done
-if [ ! -w "$SHARED" ]; then
-  WORK=/tmp/letta-proxy-bench-harness
-  [ -x "$WORK/run.sh" ] || { rm -rf "$WORK"; cp -r "$SHARED" "$WORK"; chmod -R u+w "$WORK"; }
-  SHARED=$WORK
-fi
-BE=$SHARED/backend/target/release/backend
-[ -x "$BE" ] || (cd "$SHARED/backend" && cargo build --release -q)
-(cd "$ROOT" && cargo build --release --bin letta-proxy)
-BIN=$ROOT/target/release/letta-proxy
+need nginx wrk
+build_backend
+build_proxy
 TMP=$(mktemp -d /tmp/letta-proxy-cpu.XXXX)
-PIDS=()
 cleanup() {
   nginx -p "$TMP/nginx" -c "$SHARED/peers/nginx.conf" -s stop 2>/dev/null || true
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  stop_pids
 }
 trap cleanup EXIT
 export BENCH_LUA_DIR=$SHARED/lua
 URL_PATH=/v1/agents/agent-00000000-0000-4000-8000-000000000001
 
-conf() { # name port cache(true|false)
-  cat > "$TMP/$1.toml" <<TOML
-[server]
-listen = "127.0.0.1:$2"
-[balancer]
-strategy = "round_robin"
-[[backends]]
-name = "be1"
-url = "http://127.0.0.1:18081"
-[[backends]]
-name = "be2"
-url = "http://127.0.0.1:18082"
-[log]
-access_log = false
-level = "warn"
-[limits]
-serialize_agent_writes = false
-[cache]
-enabled = $3
-TOML
-}
-conf ours 18100 false
-conf ours-cache 18101 true
+NOLIMITS=$'[limits]\nserialize_agent_writes = false'
+ours_config "$TMP/ours.toml" 18100 "$NOLIMITS"$'\n[cache]\nenabled = false'
+ours_config "$TMP/ours-cache.toml" 18101 "$NOLIMITS"$'\n[cache]\nenabled = true'
 mkdir -p "$TMP/nginx/logs" "$TMP/nginx/tmp"
 
 taskset -c 0 "$BE" --port 18081 --name be1 >/dev/null 2>&1 & PIDS+=($!)
@@ -63,9 +33,7 @@ taskset -c 0 "$BE" --port 18082 --name be2 >/dev/null 2>&1 & PIDS+=($!)
 taskset -c 1 nginx -p "$TMP/nginx" -c "$SHARED/peers/nginx.conf" >/dev/null 2>&1 & PIDS+=($!)
 taskset -c 1 "$BIN" --config "$TMP/ours.toml" >/dev/null 2>&1 & OURS=$!; PIDS+=($OURS)
 taskset -c 1 "$BIN" --config "$TMP/ours-cache.toml" >/dev/null 2>&1 & CACHE=$!; PIDS+=($CACHE)
-for port in 18081 18082 18090 18100 18101; do
-  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
-done
+for port in 18081 18082 18090 18100 18101; do wait_port $port; done
 NGINX=$(pgrep -P "$(cat "$TMP/nginx/nginx.pid")" -f "nginx: worker" | head -1)
 HZ=$(getconf CLK_TCK)
 

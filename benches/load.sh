@@ -10,51 +10,25 @@
 # Results: /tmp/letta-proxy-bench/<stamp>/summary.md; docs/BENCHMARKS.md quotes one run.
 # Every target gets the same core (PIN=split: proxies on CPU 1, load + backends on CPU 0).
 set -euo pipefail
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
 MODE=${1:-main}
-SHARED=${BENCH_DIR:-$ROOT/../shared/bench}
-[ -x "$SHARED/run.sh" ] || { echo "harness not found at $SHARED (set BENCH_DIR)" >&2; exit 1; }
+source "$(dirname "$0")/common.sh"
 
 for tool in nginx haproxy wrk; do
   command -v $tool >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx haproxy wrk; break; }
 done
 
-# The harness builds its backend inside its own folder: use a writable copy when needed.
-if [ ! -w "$SHARED" ]; then
-  WORK=/tmp/letta-proxy-bench-harness
-  if [ ! -x "$WORK/run.sh" ]; then rm -rf "$WORK"; cp -r "$SHARED" "$WORK"; chmod -R u+w "$WORK"; fi
-  SHARED=$WORK
-fi
-
-(cd "$ROOT" && cargo build --release --bin letta-proxy)
-BIN=$ROOT/target/release/letta-proxy
+build_proxy
 CONF=$(mktemp -d /tmp/letta-proxy-bench-conf.XXXX)
 
-# One config file per target: the common part, then the target's own TOML.
-# Common: round robin over the harness's two backends, access log off (nginx's bench
-# config has `access_log off`), and per-agent write ordering off: the harness sends
-# every POST and stream to the same agent, which letta-proxy would (correctly) run
-# one at a time; nginx and HAProxy do no such thing, so the comparison is of raw
-# proxying. `ours_ordered` shows the cost of ordering on that workload.
+# One config file per target: the common part (benches/common.sh: round robin over the
+# harness's two backends, access log off), then the target's own TOML. Per-agent write
+# ordering is off in most targets: the harness sends every POST and stream to the same
+# agent, which letta-proxy would (correctly) run one at a time; nginx and HAProxy do no
+# such thing, so the comparison is of raw proxying. `ours_ordered` shows the cost of
+# ordering on that workload.
 conf() { # name port extra-toml
-  local name=$1 port=$2 extra=${3:-}
-  cat > "$CONF/$name.toml" <<TOML
-[server]
-listen = "127.0.0.1:$port"
-[balancer]
-strategy = "round_robin"
-[[backends]]
-name = "be1"
-url = "http://127.0.0.1:18081"
-[[backends]]
-name = "be2"
-url = "http://127.0.0.1:18082"
-[log]
-access_log = false
-level = "warn"
-$extra
-TOML
-  echo "$BIN --config $CONF/$name.toml"
+  ours_config "$CONF/$1.toml" "$2" "${3:-}"
+  echo "$BIN --config $CONF/$1.toml"
 }
 NOLIMITS=$'[limits]\nserialize_agent_writes = false'
 

@@ -8,56 +8,28 @@
 # every measurement starts a fresh proxy process, pinned like benches/load.sh.
 # Needs nginx, wrk, python3; ulimit -n must allow 2 x N + a few hundred.
 set -euo pipefail
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-SHARED=${BENCH_DIR:-$ROOT/../shared/bench}
+source "$(dirname "$0")/common.sh"
 COUNTS=${COUNTS:-"1000 10000"}
-[ -x "$SHARED/run.sh" ] || { echo "harness not found at $SHARED (set BENCH_DIR)" >&2; exit 1; }
-for tool in nginx wrk python3; do command -v $tool >/dev/null || { echo "needs $tool" >&2; exit 1; }; done
+need nginx wrk python3
 ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-if [ ! -w "$SHARED" ]; then
-  WORK=/tmp/letta-proxy-bench-harness
-  [ -x "$WORK/run.sh" ] || { rm -rf "$WORK"; cp -r "$SHARED" "$WORK"; chmod -R u+w "$WORK"; }
-  SHARED=$WORK
-fi
-BE=$SHARED/backend/target/release/backend
-[ -x "$BE" ] || (cd "$SHARED/backend" && cargo build --release -q)
-(cd "$ROOT" && cargo build --release --bin letta-proxy)
-BIN=$ROOT/target/release/letta-proxy
+build_backend
+build_proxy
 TMP=$(mktemp -d /tmp/letta-proxy-memory.XXXX)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
+trap stop_pids EXIT
 
-cat > "$TMP/ours.toml" <<TOML
-[server]
-listen = "127.0.0.1:18100"
-max_connections = 20000
-[balancer]
-strategy = "round_robin"
-[[backends]]
-name = "be1"
-url = "http://127.0.0.1:18081"
-[[backends]]
-name = "be2"
-url = "http://127.0.0.1:18082"
-[log]
-access_log = false
-level = "warn"
-[cache]
-enabled = false
-TOML
+ours_config "$TMP/ours.toml" 18100 $'[cache]\nenabled = false'
 mkdir -p "$TMP/nginx/logs" "$TMP/nginx/tmp"
 
 taskset -c 0 "$BE" --port 18081 --name be1 >/dev/null 2>&1 & PIDS+=($!)
 taskset -c 0 "$BE" --port 18082 --name be2 >/dev/null 2>&1 & PIDS+=($!)
 
-wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 rss() { awk '/^VmRSS/ {printf "%.1f", $2/1024}' /proc/$1/status; }
 
 # start TARGET -> sets PID (the process that serves: nginx's worker) and PORT
 start() {
   case $1 in
-    ours) taskset -c 1 "$BIN" --config "$TMP/ours.toml" >/dev/null 2>&1 & PID=$!; PIDS+=($PID); PORT=18100 ;;
+    ours) LETTA_PROXY__SERVER__MAX_CONNECTIONS=20000 taskset -c 1 "$BIN" --config "$TMP/ours.toml" >/dev/null 2>&1 &
+          PID=$!; PIDS+=($PID); PORT=18100 ;;
     nginx) taskset -c 1 nginx -p "$TMP/nginx" -c "$SHARED/peers/nginx.conf" >/dev/null 2>&1 & PIDS+=($!); PORT=18090
            wait_port $PORT; PID=$(pgrep -P "$(cat "$TMP/nginx/nginx.pid")" -f "nginx: worker" | head -1) ;;
   esac

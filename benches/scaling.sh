@@ -7,20 +7,13 @@
 # backends to CPU 0. Prints a markdown table. Bounded: every run is under `timeout`.
 #   benches/scaling.sh            (~6 min)
 set -euo pipefail
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-SHARED=${BENCH_DIR:-$ROOT/../shared/bench}
+source "$(dirname "$0")/common.sh"
 DURATION=${DURATION:-5}
 WORK=$(mktemp -d /tmp/letta-proxy-scaling.XXXX)
-[ -w "$SHARED" ] || { H=/tmp/letta-proxy-bench-harness; [ -x "$H/run.sh" ] || { cp -r "$SHARED" "$H"; chmod -R u+w "$H"; }; SHARED=$H; }
-BE=$SHARED/backend/target/release/backend
-[ -x "$BE" ] || (cd "$SHARED/backend" && cargo build --release -q)
-(cd "$ROOT" && cargo build --release --bin letta-proxy -q)
-BIN=$ROOT/target/release/letta-proxy
+build_backend
+build_proxy -q
 ulimit -n 20000 2>/dev/null || true
-PIDS=()
-cleanup() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT INT TERM
-wait_port() { for _ in $(seq 1 100); do ss -Hltn "sport = :$1" | grep -q . && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
+trap stop_pids EXIT INT TERM
 
 # 256 stand-in backends on 19000.. (only the first N are used by a given cell).
 for i in $(seq 0 255); do
