@@ -6,12 +6,12 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::de_size;
 
 /// `[cache]`: the response cache (in-process tier, optional shared Redis tier).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
     pub enabled: bool,
@@ -68,7 +68,7 @@ pub struct CacheConfig {
 }
 
 /// One `[[cache.rules]]` entry.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CacheRule {
     /// Path glob: `*` matches one segment, `**` any number (including none).
