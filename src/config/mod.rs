@@ -118,6 +118,9 @@ pub struct ServerConfig {
     /// Largest request body accepted (413 above). Letta accepts file uploads.
     #[serde(deserialize_with = "de_size")]
     pub max_body_size: u64,
+    /// Largest request header section accepted, all headers together (431 above).
+    #[serde(deserialize_with = "de_size")]
+    pub max_header_size: u64,
     /// Pass the client's `Host` to backends (Letta builds redirect URLs from it).
     pub preserve_host: bool,
     /// Idle keep-alive connections to a backend are closed after this long.
@@ -140,6 +143,7 @@ impl Default for ServerConfig {
             client_header_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
             max_body_size: 100 * 1024 * 1024,
+            max_header_size: 64 * 1024,
             preserve_host: true,
             pool_idle_timeout: Duration::from_secs(60),
             pool_max_idle_per_backend: 1024,
@@ -471,6 +475,9 @@ impl Config {
                 ));
             }
         }
+        if !(1024..=16 << 20).contains(&self.server.max_header_size) {
+            return Err("server.max_header_size must be between 1KiB and 16MiB".into());
+        }
         if self.server.max_connections == 0 {
             return Err("server.max_connections must be at least 1".into());
         }
@@ -525,6 +532,7 @@ mod tests {
             "[[cache.rules]] in the file = the defaults"
         );
         assert_eq!(cc.vary_headers, dc.vary_headers);
+        assert_eq!(cc.ignore_headers, dc.ignore_headers);
         assert_eq!(
             (cc.ttl, cc.max_bytes, cc.max_entry_size, cc.max_scan_body),
             (dc.ttl, dc.max_bytes, dc.max_entry_size, dc.max_scan_body)

@@ -526,6 +526,12 @@ impl Proxy {
                             limit: server.max_body_size,
                         });
                     }
+                    if body::is_client_body_error(&err) {
+                        // The client's body broke (bad chunking, the client left):
+                        // nothing to hold against the backend, nothing to retry.
+                        tracing::debug!(backend = %backend.name, error = %err, "client body failed");
+                        return Err(ProxyError::BadRequest("the request body could not be read"));
+                    }
                     backend.metrics.upstream_errors.inc();
                     backend.latency.observe_error(elapsed, now);
                     self.upstreams.record_failure(&backend);
