@@ -1,12 +1,10 @@
 //! One `POST /-/batch` of 100 GETs against 100 sequential client calls, over
 //! loopback through a real proxy and two stand-in backends (issue 6).
 
-use std::sync::Arc;
-
 use criterion::{criterion_group, criterion_main, Criterion};
 use letta_proxy::config::{BackendConfig, Config};
 use letta_proxy::standin::StandIn;
-use letta_proxy::Proxy;
+use letta_proxy::Gateway;
 
 fn batch(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -34,10 +32,10 @@ fn batch(c: &mut Criterion) {
         cfg.log.access_log = false;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let proxy = Arc::new(Proxy::new(cfg));
-        tokio::spawn(letta_proxy::serve_proxy(
+        let gateway = Gateway::from_config(cfg).await.unwrap();
+        tokio::spawn(letta_proxy::serve_gateway(
             listener,
-            proxy,
+            gateway,
             std::future::pending(),
         ));
         (addr, (a, b))

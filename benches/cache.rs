@@ -20,9 +20,10 @@ use bytes::Bytes;
 use criterion::Criterion;
 use http::{HeaderMap, Method, Request, Response};
 use http_body_util::BodyExt;
+use letta_proxy::body::{Full, InboundBody};
 use letta_proxy::cache::key::{self, Domain, HeaderRules};
-use letta_proxy::cache::{Cache, CacheConfig};
-use letta_proxy::proxy::body::{InboundBody, ResponseBody};
+use letta_proxy::cache::Cache;
+use letta_proxy::config::CacheConfig;
 use tower::{Layer, Service, ServiceExt};
 
 const AGENT_PATH: &str = "/v1/agents/agent-6f1e3c2a-1b2c-4d5e-8f90-0123456789ab";
@@ -86,21 +87,18 @@ fn agent_json() -> Bytes {
 
 fn backend() -> impl Service<
     Request<InboundBody>,
-    Response = Response<ResponseBody>,
+    Response = Response<Full>,
     Error = Infallible,
-    Future = impl Send,
+    Future = std::future::Ready<Result<Response<Full>, Infallible>>,
 > + Clone
        + Send
        + 'static {
     let body = agent_json();
     tower::service_fn(move |_req: Request<InboundBody>| {
-        let body = body.clone();
-        async move {
-            let mut r = Response::new(ResponseBody::full(body));
-            r.headers_mut()
-                .insert("content-type", "application/json".parse().unwrap());
-            Ok::<_, Infallible>(r)
-        }
+        let mut r = Response::new(Full::new(body.clone()));
+        r.headers_mut()
+            .insert("content-type", "application/json".parse().unwrap());
+        std::future::ready(Ok::<_, Infallible>(r))
     })
 }
 

@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue};
+use letta_proxy::backend::queue::{Attempt, WaitQueue};
 use letta_proxy::config::{BackendConfig, Config};
 use letta_proxy::limit::ordering::WriteOrdering;
-use letta_proxy::limit::queue::{Attempt, WaitQueue};
 use letta_proxy::metrics::Metrics;
+use letta_proxy::observe::request_id::new_request_id;
 use letta_proxy::proxy::headers;
-use letta_proxy::{routes, Proxy};
-use rand::SeedableRng;
+use letta_proxy::{routes, Gateway};
 
 fn limits(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -79,15 +79,14 @@ fn hot_functions(c: &mut Criterion) {
         );
     }
     let peer: SocketAddr = "127.0.0.1:50000".parse().unwrap();
-    let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
     c.bench_function("headers/request_rules", |b| {
         b.iter_batched(
             || base.clone(),
             |mut h| {
                 headers::strip_hop_by_hop(&mut h);
                 let host = h.get("host").cloned();
-                headers::add_forwarded(&mut h, peer.ip(), host.as_ref());
-                headers::ensure_request_id(&mut h, &mut rng);
+                headers::add_forwarded(&mut h, Some(peer.ip()), host.as_ref());
+                h.insert("x-request-id", new_request_id());
                 h
             },
             criterion::BatchSize::SmallInput,
@@ -112,7 +111,13 @@ fn reload(c: &mut Criterion) {
         cfg.balancer.strategy = serde_json::from_value(serde_json::json!(strategy)).unwrap();
         cfg
     };
-    let proxy = Proxy::new(config(100, "round_robin"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut first = config(100, "round_robin");
+    first.health.enabled = false;
+    let gateway = rt.block_on(Gateway::from_config(first)).unwrap();
     let a = config(100, "agent_affinity");
     let b = config(100, "least_connections");
     let mut flip = false;
@@ -122,7 +127,7 @@ fn reload(c: &mut Criterion) {
             flip = !flip;
             let next = if flip { a.clone() } else { b.clone() };
             next.validate().unwrap();
-            proxy.apply(next);
+            gateway.apply(next);
         })
     });
 }

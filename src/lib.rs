@@ -7,36 +7,30 @@
 //!
 //! ## Layout
 //!
-//! A request's way through the crate, outermost first:
+//! Dependencies point one way, from the top of this list down:
 //!
-//! - [`server`]: accepts HTTP/1.1 and h2c connections, answers the proxy's own
-//!   paths (`/metrics`, `/-/healthy`, `/-/ready`, `/-/stats`, `/-/status`,
-//!   `/-/batch`), serves the admin API, reloads the config, drains on shutdown.
-//! - [`cache`]: the response cache as a tower layer in front of the proxy:
-//!   in-process and Redis tiers, identity-scoped keys, invalidation by Letta
-//!   ids across instances, coalescing, unchanged-write suppression.
-//! - [`proxy`]: forwards one request: header rules ([`proxy::headers`]), the
-//!   per-backend connection pool ([`proxy::pool`]), bodies streamed both ways
-//!   with the in-flight slot released at the end of the response body
-//!   ([`proxy::body`]), and what is recorded about each request
-//!   ([`proxy::observe`]).
-//! - [`routes`]: what a Letta path means: template for metrics, agent and block
-//!   ids, read vs write, streaming.
-//! - [`limit`]: backpressure: the proxy-wide cap, the bounded FIFO queue for
-//!   busy backends, per-agent write ordering.
-//! - [`backend`]: the live backend set, swapped atomically; per-backend state
-//!   (in flight, health, draining, latency).
-//! - [`health`]: active probes (threshold state machine + scheduler) and
-//!   passive outlier ejection.
+//! - [`server`]: accepts HTTP/1.1 and h2c connections and hands each request to
+//!   the gateway's router; the admin listener; SIGHUP and file-watch reloads;
+//!   graceful shutdown.
+//! - [`gateway`]: every part assembled from one configuration: the axum
+//!   `Router` (proxy-owned paths, then the forwarding stack as its fallback),
+//!   the admin API, `/-/batch`, request hygiene, and the control plane
+//!   (apply, reload, purge). Embeddable: nest [`Gateway::router`] in an
+//!   application's router.
+//! - [`observe`]: `ObserveLayer`: request id, metrics, stats window, access log.
+//! - [`limit`]: `LimitLayer`: the proxy-wide cap and per-agent write ordering.
+//! - [`cache`]: `CacheLayer`: the response cache, in-process and Redis tiers,
+//!   identity-scoped keys, invalidation by Letta ids across instances.
+//! - [`proxy`]: the innermost service: forwards one request (header rules,
+//!   attempts, the retry rule) and streams the answer back.
+//! - [`backend`]: the live backend set, swapped atomically; per backend its
+//!   connection pool, in-flight slots and their wait queue, health verdicts.
+//! - [`health`]: the active prober feeding the backends' health verdicts.
 //! - [`balance`]: the selection strategies behind one small, pure trait.
-//! - [`identity`]: which request headers say who is asking and which shape the
-//!   answer, derived from Letta's source: one list for the cache key, the
-//!   batch endpoint and the logs.
-//! - [`error`]: the errors the proxy answers with and their one status mapping.
-//! - [`config`]: the TOML file, environment overrides, validation.
-//! - [`metrics`]: the Prometheus families.
-//! - [`stats`]: sliding-window figures for people (`/-/stats`, `/-/status`).
-//! - [`standin`]: a stand-in Letta server for `--demo` and the tests.
+//! - Leaves: [`body`] (bodies both ways and what is held until they end),
+//!   [`routes`] (what a Letta path means), [`identity`] (which headers say who
+//!   is asking, derived from Letta's source), [`config`], [`error`],
+//!   [`metrics`], [`stats`].
 //!
 //! Tests and benches drive the library directly: [`serve`] takes an already
 //! bound listener and a shutdown future.
@@ -45,19 +39,23 @@
 
 pub mod backend;
 pub mod balance;
+pub mod body;
 pub mod cache;
 pub mod config;
 pub mod error;
+pub mod gateway;
 pub mod health;
 pub mod identity;
 pub mod limit;
 pub mod metrics;
+pub mod observe;
 pub mod proxy;
 pub mod routes;
 pub mod server;
+#[doc(hidden)]
 pub mod standin;
 pub mod stats;
 
 pub use config::Config;
-pub use proxy::Proxy;
-pub use server::{serve, serve_proxy, ServeError};
+pub use gateway::Gateway;
+pub use server::{serve, serve_gateway, ServeError};

@@ -5,11 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use std::sync::Arc;
 
 use letta_proxy::config::{BackendConfig, Config, LogConfig, LogFormat, DEFAULT_CONFIG_PATH};
 use letta_proxy::standin::StandIn;
-use letta_proxy::Proxy;
+use letta_proxy::Gateway;
 
 /// Reverse proxy and load balancer for Letta servers.
 #[derive(Parser, Debug)]
@@ -115,12 +114,12 @@ async fn run(mut config: Config, path: Option<PathBuf>, demo: bool) -> anyhow::R
     if demo {
         print_demo(local, &standins);
     }
-    let mut proxy = Proxy::new(config);
     // The demo's backends are made up at start: a reload from the file would drop them.
-    if let (Some(path), false) = (path, demo) {
-        proxy = proxy.with_config_path(path);
-    }
-    letta_proxy::serve_proxy(listener, Arc::new(proxy), shutdown_signal()).await?;
+    let gateway = match (path, demo) {
+        (Some(path), false) => Gateway::from_file(config, path).await?,
+        _ => Gateway::from_config(config).await?,
+    };
+    letta_proxy::serve_gateway(listener, gateway, shutdown_signal()).await?;
     Ok(())
 }
 

@@ -45,174 +45,172 @@ pub struct Metrics {
     pub last_reload_success: prometheus::Gauge,
 }
 
+fn register<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
+    r.register(Box::new(c.clone()))
+        .expect("unique metric names");
+    c
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(
+        r,
+        IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    register(
+        r,
+        IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
+}
+
+fn histogram_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec());
+    register(r, HistogramVec::new(opts, labels).expect("valid metric"))
+}
+
+fn histogram(r: &Registry, name: &str, help: &str) -> Histogram {
+    let opts = HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec());
+    register(r, Histogram::with_opts(opts).expect("valid metric"))
+}
+
+/// The label values a family is born with, so its series exist (at 0) before
+/// the first event: dashboards and alerts see "none yet", not "no data".
+fn known(v: &IntCounterVec, values: &[&str]) {
+    for value in values {
+        v.with_label_values(&[value]);
+    }
+}
+
 impl Metrics {
     /// Creates the families and registers them (plus the process collector on Linux).
     pub fn new() -> Metrics {
-        let registry = Registry::new();
-        let request_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "http_server_request_duration_seconds",
-                "Duration of HTTP server requests, until the response body ended.",
-            )
-            .buckets(DURATION_BUCKETS.to_vec()),
+        let r = Registry::new();
+        let request_duration = histogram_vec(
+            &r,
+            "http_server_request_duration_seconds",
+            "Duration of HTTP server requests, until the response body ended.",
             &[
                 "http_request_method",
                 "http_route",
                 "http_response_status_code",
                 "backend",
             ],
-        )
-        .expect("valid metric");
-        let active_requests = IntGauge::new(
-            "http_server_active_requests",
-            "Requests in flight through the proxy (until the response body ends).",
-        )
-        .expect("valid metric");
-        let backend_requests = IntCounterVec::new(
-            Opts::new(
+        );
+        let active_requests = register(
+            &r,
+            IntGauge::new(
+                "http_server_active_requests",
+                "Requests in flight through the proxy (until the response body ends).",
+            )
+            .expect("valid metric"),
+        );
+        let rejections = counter_vec(
+            &r,
+            "letta_proxy_rejections_total",
+            "Requests refused by the limits, by reason (queue_full, queue_timeout, global_limit, agent_write_timeout).",
+            &["reason"],
+        );
+        known(
+            &rejections,
+            &[
+                "queue_full",
+                "queue_timeout",
+                "global_limit",
+                "agent_write_timeout",
+            ],
+        );
+        let retries = counter_vec(
+            &r,
+            "letta_proxy_retries_total",
+            "Requests sent to another backend, by reason (connect: nothing was sent; status: 502/503/504; timeout; error: the exchange broke).",
+            &["reason"],
+        );
+        known(&retries, &["connect", "status", "timeout", "error"]);
+        let reloads = counter_vec(
+            &r,
+            "letta_proxy_config_reloads_total",
+            "Configuration reloads, by result (success, failure).",
+            &["result"],
+        );
+        known(&reloads, &["success", "failure"]);
+        let metrics = Metrics {
+            request_duration,
+            active_requests,
+            backend_requests: counter_vec(
+                &r,
                 "letta_proxy_backend_requests_total",
                 "Responses received from each backend, by status class.",
+                &["backend", "status_class"],
             ),
-            &["backend", "status_class"],
-        )
-        .expect("valid metric");
-        let backend_in_flight = IntGaugeVec::new(
-            Opts::new(
+            backend_in_flight: gauge_vec(
+                &r,
                 "letta_proxy_backend_in_flight",
                 "Requests in flight on each backend, counted until the response body ends.",
+                &["backend"],
             ),
-            &["backend"],
-        )
-        .expect("valid metric");
-        let backend_errors = IntCounterVec::new(
-            Opts::new(
+            backend_errors: counter_vec(
+                &r,
                 "letta_proxy_backend_errors_total",
                 "Failed exchanges with each backend, by kind (connect, timeout, upstream, body).",
+                &["backend", "kind"],
             ),
-            &["backend", "kind"],
-        )
-        .expect("valid metric");
-        let backend_ttfb = HistogramVec::new(
-            HistogramOpts::new(
+            backend_ttfb: histogram_vec(
+                &r,
                 "letta_proxy_backend_time_to_first_byte_seconds",
                 "Time from sending a request to a backend until its response headers arrived.",
-            )
-            .buckets(DURATION_BUCKETS.to_vec()),
-            &["backend"],
-        )
-        .expect("valid metric");
-        let backend_ejections = IntCounterVec::new(
-            Opts::new(
+                &["backend"],
+            ),
+            backend_ejections: counter_vec(
+                &r,
                 "letta_proxy_backend_ejections_total",
                 "Times each backend was ejected by passive health checks.",
+                &["backend"],
             ),
-            &["backend"],
-        )
-        .expect("valid metric");
-        let queue_wait = Histogram::with_opts(
-            HistogramOpts::new(
+            queue_wait: histogram(
+                &r,
                 "letta_proxy_queue_wait_seconds",
                 "Time requests waited in the queue for a backend slot (only requests that waited).",
-            )
-            .buckets(DURATION_BUCKETS.to_vec()),
-        )
-        .expect("valid metric");
-        let rejections = IntCounterVec::new(
-            Opts::new(
-                "letta_proxy_rejections_total",
-                "Requests refused by the limits, by reason (queue_full, queue_timeout, global_limit, agent_write_timeout).",
             ),
-            &["reason"],
-        )
-        .expect("valid metric");
-        let retries = IntCounterVec::new(
-            Opts::new(
-                "letta_proxy_retries_total",
-                "Requests sent again to another backend, by reason (connect, timeout, status, budget_exhausted counts refusals).",
-            ),
-            &["reason"],
-        )
-        .expect("valid metric");
-        let write_wait = Histogram::with_opts(
-            HistogramOpts::new(
+            rejections,
+            retries,
+            write_wait: histogram(
+                &r,
                 "letta_proxy_agent_write_wait_seconds",
                 "Time writes waited for earlier writes to the same agent or block.",
-            )
-            .buckets(DURATION_BUCKETS.to_vec()),
-        )
-        .expect("valid metric");
-        let selections = IntCounterVec::new(
-            Opts::new(
+            ),
+            selections: counter_vec(
+                &r,
                 "letta_proxy_balancer_selections_total",
                 "Backends chosen by the balancer, by strategy and backend.",
+                &["strategy", "backend"],
             ),
-            &["strategy", "backend"],
-        )
-        .expect("valid metric");
-        let backend_healthy = IntGaugeVec::new(
-            Opts::new(
+            backend_healthy: gauge_vec(
+                &r,
                 "letta_proxy_backend_healthy",
                 "1 when the backend takes traffic (up by probes and not ejected), else 0.",
+                &["backend"],
             ),
-            &["backend"],
-        )
-        .expect("valid metric");
-        let reloads = IntCounterVec::new(
-            Opts::new(
-                "letta_proxy_config_reloads_total",
-                "Configuration reloads, by result (success, failure).",
+            reloads,
+            last_reload_success: register(
+                &r,
+                prometheus::Gauge::new(
+                    "letta_proxy_config_last_reload_success_timestamp_seconds",
+                    "Unix time of the last successful configuration load or reload.",
+                )
+                .expect("valid metric"),
             ),
-            &["result"],
-        )
-        .expect("valid metric");
-        let last_reload_success = prometheus::Gauge::new(
-            "letta_proxy_config_last_reload_success_timestamp_seconds",
-            "Unix time of the last successful configuration load or reload.",
-        )
-        .expect("valid metric");
-        for c in [
-            Box::new(request_duration.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(active_requests.clone()),
-            Box::new(backend_requests.clone()),
-            Box::new(backend_in_flight.clone()),
-            Box::new(backend_errors.clone()),
-            Box::new(backend_ttfb.clone()),
-            Box::new(backend_ejections.clone()),
-            Box::new(queue_wait.clone()),
-            Box::new(rejections.clone()),
-            Box::new(retries.clone()),
-            Box::new(write_wait.clone()),
-            Box::new(selections.clone()),
-            Box::new(backend_healthy.clone()),
-            Box::new(reloads.clone()),
-            Box::new(last_reload_success.clone()),
-        ] {
-            registry.register(c).expect("unique metric names");
-        }
+            registry: r,
+        };
         #[cfg(target_os = "linux")]
-        registry
+        metrics
+            .registry
             .register(Box::new(
                 prometheus::process_collector::ProcessCollector::for_self(),
             ))
             .expect("process collector registers once");
-        Metrics {
-            registry,
-            request_duration,
-            active_requests,
-            backend_requests,
-            backend_in_flight,
-            backend_errors,
-            backend_ttfb,
-            backend_ejections,
-            queue_wait,
-            rejections,
-            retries,
-            write_wait,
-            selections,
-            backend_healthy,
-            reloads,
-            last_reload_success,
-        }
+        metrics
     }
 
     /// Sets `letta_proxy_backend_healthy` of `backend` (refreshed on each scrape).

@@ -132,7 +132,7 @@ async fn writes_to_one_agent_reach_the_backend_one_at_a_time_in_arrival_order() 
     }
     all.sort_unstable();
     assert_eq!(all, (0..20).collect::<Vec<_>>());
-    assert_eq!(proxy.proxy.agents_being_written(), 0);
+    assert_eq!(proxy.gateway.agents_being_written(), 0);
 }
 
 #[tokio::test]
@@ -243,7 +243,7 @@ async fn the_proxy_wide_cap_holds_across_a_reload() {
     })
     .await;
     // A reload (same cap) must not forget the three requests in flight.
-    proxy.proxy.apply(cfg.clone());
+    proxy.gateway.apply(cfg.clone());
     let r = c.get(proxy.url("/v1/agents/")).send().await.unwrap();
     assert_eq!(
         r.status(),
@@ -252,7 +252,7 @@ async fn the_proxy_wide_cap_holds_across_a_reload() {
     );
     // A reload that raises the cap by one admits exactly one more.
     cfg.limits.max_in_flight = 4;
-    proxy.proxy.apply(cfg);
+    proxy.gateway.apply(cfg);
     let c2 = c.clone();
     let fourth_url = proxy.url(&format!("/v1/agents/{}?delay_ms=1500", agent(3)));
     let fourth = tokio::spawn(async move { c2.get(fourth_url).send().await.unwrap().status() });

@@ -72,7 +72,7 @@ async fn no_usable_backend_gives_503_with_retry_after() {
     let s = standins(2).await;
     let proxy = TestProxy::start(config_for(&[&s[0], &s[1]], "round_robin")).await;
     let c = client();
-    for b in proxy.proxy.upstreams.load().backends.iter() {
+    for b in proxy.gateway.upstreams().load().backends.iter() {
         b.set_draining(true);
     }
     let r = c.get(proxy.url("/v1/agents/")).send().await.unwrap();
@@ -84,7 +84,7 @@ async fn no_usable_backend_gives_503_with_retry_after() {
         503
     );
     assert_eq!(s[0].stats.requests() + s[1].stats.requests(), 0);
-    proxy.proxy.upstreams.load().backends[1].set_draining(false);
+    proxy.gateway.upstreams().load().backends[1].set_draining(false);
     let r = c.get(proxy.url("/v1/agents/")).send().await.unwrap();
     assert_eq!(backend_of(&r), "be2");
     assert_eq!(

@@ -123,9 +123,9 @@ async fn a_broken_chunked_body_is_the_clients_fault() {
     )
     .await;
     assert_eq!(statuses(&ok), [200], "{ok}");
-    let backend = p.proxy.upstreams.load().backends[0].clone();
+    let backend = p.gateway.upstreams().load().backends[0].clone();
     assert!(
-        backend.is_usable(p.proxy.upstreams.now_ns()),
+        backend.is_usable(p.gateway.upstreams().now_ns()),
         "never ejected"
     );
     drop(s);

@@ -13,7 +13,7 @@ use support::*;
 fn admin_url(proxy: &TestProxy, path: &str) -> String {
     format!(
         "http://{}{}",
-        proxy.proxy.admin_addr().expect("admin listener bound"),
+        proxy.gateway.admin_addr().expect("admin listener bound"),
         path
     )
 }
@@ -105,7 +105,7 @@ async fn admin_api_drains_adds_removes_and_switches_strategy_with_a_token() {
     let proxy = TestProxy::start(cfg).await;
     let c = client();
     eventually(Duration::from_secs(5), "admin bound", || async {
-        proxy.proxy.admin_addr().is_some()
+        proxy.gateway.admin_addr().is_some()
     })
     .await;
     // Token enforced on reads and writes.
@@ -177,7 +177,7 @@ async fn admin_api_drains_adds_removes_and_switches_strategy_with_a_token() {
         200
     );
     assert_eq!(
-        proxy.proxy.upstreams.load().strategy.name(),
+        proxy.gateway.upstreams().load().strategy.name(),
         "least_connections"
     );
     assert_eq!(
@@ -231,7 +231,7 @@ async fn reload_switches_strategy_and_backends_without_cutting_an_open_stream() 
     let proxy = TestProxy::start_with_path(cfg, &path).await;
     let c = client();
     eventually(Duration::from_secs(5), "admin bound", || async {
-        proxy.proxy.admin_addr().is_some()
+        proxy.gateway.admin_addr().is_some()
     })
     .await;
     // A stream on be1 (round robin starts there), left open across the reload.
@@ -257,7 +257,7 @@ async fn reload_switches_strategy_and_backends_without_cutting_an_open_stream() 
     assert_eq!(r.status(), 200);
     println!("reload answered in {:?}", started.elapsed());
     assert_eq!(
-        proxy.proxy.config().balancer.strategy.as_str(),
+        proxy.gateway.config().balancer.strategy.as_str(),
         "least_connections"
     );
     let mut seen = HashSet::new();
@@ -304,7 +304,7 @@ async fn a_broken_config_on_reload_keeps_the_old_one_serving() {
     let proxy = TestProxy::start_with_path(cfg, &path).await;
     let c = client();
     eventually(Duration::from_secs(5), "admin bound", || async {
-        proxy.proxy.admin_addr().is_some()
+        proxy.gateway.admin_addr().is_some()
     })
     .await;
     std::fs::write(&path, format!("{good}[balancer]\nstrategy = \"fastest\"\n")).unwrap();
@@ -325,7 +325,7 @@ async fn a_broken_config_on_reload_keeps_the_old_one_serving() {
         Some(1.0)
     );
     assert_eq!(
-        proxy.proxy.config().balancer.strategy.as_str(),
+        proxy.gateway.config().balancer.strategy.as_str(),
         "round_robin"
     );
     for _ in 0..4 {

@@ -5,8 +5,17 @@
 //! loads it once (no lock), and a reload swaps in a whole new set and strategy at
 //! once. A backend that survives a reload is the same `Arc<Backend>` in the new set,
 //! so it keeps its counters and its connection pool.
+//!
+//! A backend owns what describes it: its connection [`pool`], its active-health
+//! verdict ([`health_state`], fed by the prober in `crate::health`), its
+//! passive-health state ([`outlier`], fed by real traffic), and the [`queue`] of
+//! requests waiting for a slot when every backend is at its cap.
 
 mod guard;
+pub mod health_state;
+pub mod outlier;
+pub mod pool;
+pub mod queue;
 mod url;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -17,9 +26,8 @@ use arc_swap::ArcSwap;
 use http::HeaderValue;
 use rand::RngCore;
 
-use crate::health::outlier::{Outlier, OutlierPolicy};
-use crate::health::state::{HealthState, Transition};
-use crate::limit::queue::{Attempt, WaitQueue};
+use health_state::{HealthState, Transition};
+use outlier::{Outlier, OutlierPolicy};
 
 pub use guard::InFlight;
 pub use url::BackendUrl;
@@ -27,7 +35,8 @@ pub use url::BackendUrl;
 use crate::balance::{self, BackendSpec, LoadView, PickRequest, Strategy};
 use crate::config::Config;
 use crate::metrics::{BackendMetrics, Metrics};
-use crate::proxy::pool::{Pool, PoolConfig};
+use pool::{Pool, PoolConfig};
+use queue::{Attempt, WaitQueue};
 
 /// One Letta server and its live state.
 pub struct Backend {
@@ -313,6 +322,11 @@ impl Upstreams {
     /// Nanoseconds since this proxy started (the clock of latency estimates).
     pub fn now_ns(&self) -> u64 {
         self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// The origin of [`Upstreams::now_ns`].
+    pub fn epoch(&self) -> Instant {
+        self.epoch
     }
 
     /// One attempt at picking a backend for `req` and taking an in-flight slot

@@ -13,7 +13,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Response, StatusCode};
 
 use super::tags::Tag;
-use crate::proxy::body::ResponseBody;
+use crate::body::Full;
 
 const FORMAT: u8 = 1;
 
@@ -104,8 +104,8 @@ impl Entry {
 
     /// The client's response: stored status, headers and body, plus `x-cache`
     /// (`HIT` for cached reads) and `age`.
-    pub fn to_response(&self, x_cache: Option<&HeaderValue>) -> Response<ResponseBody> {
-        let mut r = Response::new(ResponseBody::full(self.body.clone()));
+    pub fn to_response(&self, x_cache: Option<&HeaderValue>) -> Response<Full> {
+        let mut r = Response::new(Full::new(self.body.clone()));
         *r.status_mut() = self.status;
         let h = r.headers_mut();
         h.reserve(self.headers.len() + 3);

@@ -25,12 +25,12 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::RedisResult;
 
 use super::breaker::Breaker;
-use super::config::CacheConfig;
 use super::entry::Entry;
 use super::key::CacheKey;
 use super::metrics::{CacheMetrics, RedisOp};
 use super::scripts::{Args, Lua, FLUSH, INVALIDATE, STORE};
 use super::tags::{Tag, BLOCKS};
+use crate::config::CacheConfig;
 
 /// Most tags held for replay; past it, the whole shared tier is dropped instead.
 const MAX_PENDING_TAGS: usize = 10_000;

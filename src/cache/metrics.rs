@@ -15,11 +15,66 @@ use prometheus::{
 
 use super::entry::Entry;
 use super::key::CacheKey;
-use super::policy::NotStored;
 
 const REDIS_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
 ];
+
+/// Why a cacheable answer was not stored (the `reason` label): one vocabulary
+/// for the policy's verdicts and what can still go wrong after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotStored {
+    /// Not a 200.
+    Status,
+    /// An event stream.
+    Stream,
+    /// `Cache-Control: no-store / private / no-cache / max-age=0` from the backend.
+    NoStore,
+    /// A `Set-Cookie` from the backend.
+    Cookie,
+    /// A `Vary` naming a header the key does not hold.
+    Vary,
+    /// Larger than `cache.max_entry_size`.
+    TooLarge,
+    /// The body failed or the client left before its end.
+    BodyError,
+    /// Slower than `cache.fill_timeout`.
+    TooSlow,
+    /// A write to what the answer shows happened while it was fetched.
+    RacedWrite,
+    /// The answer names more ids than an entry may be tagged with.
+    TooManyTags,
+}
+
+impl NotStored {
+    const ALL: [NotStored; 10] = [
+        NotStored::Status,
+        NotStored::Stream,
+        NotStored::NoStore,
+        NotStored::Cookie,
+        NotStored::Vary,
+        NotStored::TooLarge,
+        NotStored::BodyError,
+        NotStored::TooSlow,
+        NotStored::RacedWrite,
+        NotStored::TooManyTags,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            NotStored::Status => "status",
+            NotStored::Stream => "stream",
+            NotStored::NoStore => "no_store",
+            NotStored::Cookie => "cookie",
+            NotStored::Vary => "vary",
+            NotStored::TooLarge => "too_large",
+            NotStored::BodyError => "body_error",
+            NotStored::TooSlow => "too_slow",
+            NotStored::RacedWrite => "raced_write",
+            NotStored::TooManyTags => "too_many_tags",
+        }
+    }
+}
 
 /// A Redis operation, for labels.
 #[derive(Debug, Clone, Copy)]
@@ -66,7 +121,7 @@ pub struct CacheMetrics {
     pub coalesced_fallthrough: IntCounter,
     pub stored_l1: IntCounter,
     pub stored_l2: IntCounter,
-    not_stored: IntCounterVec,
+    not_stored: [IntCounter; NotStored::ALL.len()],
     evicted: [IntCounter; 4],
     pub invalidations_local: IntCounter,
     pub invalidations_remote: IntCounter,
@@ -111,7 +166,7 @@ impl CacheMetrics {
         let outcome = counter_vec(
             r,
             "letta_proxy_cache_requests_total",
-            "Cacheable requests by outcome: hit (l1, l2, coalesced), miss, bypass (client no-cache/no-store), unkeyed (a header neither identity, vary nor ignored), coalesced_fallthrough.",
+            "Cacheable requests that did not take the plain lookup, by outcome: bypass (client no-cache / no-store), unkeyed (a header neither identity, vary nor ignored: not cached), coalesced (answered by an identical request's fill), coalesced_fallthrough (waited for one, then went to a backend).",
             &["outcome"],
         );
         let stored = counter_vec(
@@ -123,7 +178,7 @@ impl CacheMetrics {
         let not_stored = counter_vec(
             r,
             "letta_proxy_cache_not_stored_total",
-            "Cacheable answers not stored, by reason.",
+            "Cacheable answers not stored, by reason: status (not 200), stream, no_store (backend Cache-Control), cookie (Set-Cookie), vary (a header the key lacks), too_large, body_error (failed or client left), too_slow (over fill_timeout), raced_write (a write overtook it), too_many_tags.",
             &["reason"],
         );
         let evicted = counter_vec(
@@ -173,7 +228,7 @@ impl CacheMetrics {
             coalesced_fallthrough: outcome.with_label_values(&["coalesced_fallthrough"]),
             stored_l1: stored.with_label_values(&["l1"]),
             stored_l2: stored.with_label_values(&["l2"]),
-            not_stored,
+            not_stored: NotStored::ALL.map(|r| not_stored.with_label_values(&[r.label()])),
             evicted: ["expired", "size", "invalidated", "replaced"]
                 .map(|reason| evicted.with_label_values(&[reason])),
             invalidations_local: invalidations.with_label_values(&["local"]),
@@ -201,12 +256,8 @@ impl CacheMetrics {
         }
     }
 
-    pub fn not_stored(&self, reason: &'static str) {
-        self.not_stored.with_label_values(&[reason]).inc();
-    }
-
-    pub fn not_stored_because(&self, r: NotStored) {
-        self.not_stored(r.label());
+    pub fn not_stored(&self, reason: NotStored) {
+        self.not_stored[reason as usize].inc();
     }
 
     pub fn evicted(&self, cause: RemovalCause) {

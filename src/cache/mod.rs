@@ -4,7 +4,6 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: `[cache]`, its defaults and validation.
 //! - [`policy`]: pure decisions: is a request cacheable (route rules), may a
 //!   response be stored and for how long.
 //! - [`key`]: SHA-256 keys over method, path, sorted query, the caller's
@@ -32,7 +31,6 @@
 
 pub mod breaker;
 pub mod coalesce;
-pub mod config;
 pub mod entry;
 pub mod epochs;
 pub mod key;
@@ -55,7 +53,8 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
-pub use config::CacheConfig;
+use crate::config::CacheConfig;
+
 pub use service::{CacheLayer, CacheService};
 
 use coalesce::Coalescer;
@@ -69,17 +68,10 @@ use policy::Policy;
 use relations::Relations;
 use tags::WritePlan;
 
-/// The policy in force and the config it was compiled from (rules follow
-/// reloads). The config is held, not just its address, so a new config can
-/// never be mistaken for it.
-struct Compiled {
-    source: Option<Arc<crate::Config>>,
-    policy: Arc<Policy>,
-}
-
 /// Everything the layer and the background tasks share.
 pub struct Shared {
-    compiled: ArcSwap<Compiled>,
+    /// The policy in force (rules, TTLs, vary; follows reloads).
+    policy: ArcSwap<Policy>,
     pub(crate) l1: L1,
     pub(crate) l2: Option<L2>,
     pub(crate) epochs: Epochs,
@@ -145,10 +137,7 @@ impl Cache {
                 .ok()
         });
         let shared = Arc::new(Shared {
-            compiled: ArcSwap::from_pointee(Compiled {
-                source: None,
-                policy: Arc::new(Policy::new(c, None)),
-            }),
+            policy: ArcSwap::from_pointee(Policy::new(c, None)),
             l1,
             l2,
             epochs: Epochs::new(c.fill_timeout),
@@ -180,24 +169,14 @@ impl Cache {
         CacheLayer::new(self.shared.clone())
     }
 
-    /// Follows a reloaded configuration: rules, TTLs, vary headers, size cap,
-    /// `enabled` and suppression apply at once; tiers and Redis settings at restart.
-    pub fn follow(&self, config: &Arc<crate::Config>) {
-        let current = self.shared.compiled.load();
-        if current
-            .source
-            .as_ref()
-            .is_some_and(|s| Arc::ptr_eq(s, config))
-        {
-            return;
-        }
-        self.shared.compiled.store(Arc::new(Compiled {
-            source: Some(config.clone()),
-            policy: Arc::new(Policy::new(
-                &config.cache,
-                Some(&config.balancer.affinity_header),
-            )),
-        }));
+    /// Follows a reloaded configuration: rules, TTLs, vary and ignored
+    /// headers, size cap, `enabled` and suppression apply at once; tiers and
+    /// Redis settings at restart.
+    pub fn follow(&self, config: &crate::Config) {
+        self.shared.policy.store(Arc::new(Policy::new(
+            &config.cache,
+            Some(&config.balancer.affinity_header),
+        )));
     }
 
     /// Remote invalidations applied so far.
@@ -233,24 +212,24 @@ impl Cache {
     }
 }
 
-impl crate::proxy::Purge for Cache {
-    fn purge_id<'a>(&'a self, id: &'a str) -> crate::proxy::BoxFuture<'a, usize> {
-        Box::pin(self.purge_tag(id))
+impl Cache {
+    /// Drops every entry that mentions the Letta id `id`; returns how many here.
+    pub async fn purge_id(&self, id: &str) -> usize {
+        self.purge_tag(id).await
     }
 
-    fn purge_prefix<'a>(&'a self, prefix: &'a str) -> crate::proxy::BoxFuture<'a, usize> {
+    /// Drops every entry whose path starts with `prefix`; returns how many here.
+    pub async fn purge_prefix(&self, prefix: &str) -> usize {
         // Entries are indexed by tag: a prefix naming an id maps to that id, a
         // collection (`/v1/tools`) to its path tag; anything else is not
         // indexed, so everything goes rather than leave a stale answer.
-        Box::pin(async move {
-            let ids = tags::scan_ids(prefix.as_bytes());
-            let depth = prefix.trim_end_matches('/').matches('/').count();
-            match (ids.first(), tags::path_tag(prefix)) {
-                (Some(id), _) => self.purge_tag(id).await,
-                (None, Some(p)) if depth == 2 => self.purge_tag(&p).await,
-                _ => self.purge_everything().await,
-            }
-        })
+        let ids = tags::scan_ids(prefix.as_bytes());
+        let depth = prefix.trim_end_matches('/').matches('/').count();
+        match (ids.first(), tags::path_tag(prefix)) {
+            (Some(id), _) => self.purge_tag(id).await,
+            (None, Some(p)) if depth == 2 => self.purge_tag(&p).await,
+            _ => self.purge_everything().await,
+        }
     }
 }
 
@@ -268,7 +247,7 @@ impl Cache {
 
 impl Shared {
     pub(crate) fn policy(&self) -> Arc<Policy> {
-        self.compiled.load().policy.clone()
+        self.policy.load_full()
     }
 
     /// Where a fill starts (read before anything is fetched).
@@ -291,11 +270,11 @@ impl Shared {
         shared_tier: bool,
     ) -> bool {
         if start.at.elapsed() > self.fill_timeout {
-            self.metrics.not_stored("too_slow");
+            self.metrics.not_stored(metrics::NotStored::TooSlow);
             return false;
         }
         if !self.epochs.still_valid(start.local, &entry.tags) {
-            self.metrics.not_stored("raced_write");
+            self.metrics.not_stored(metrics::NotStored::RacedWrite);
             return false;
         }
         if let Some((agent, blocks)) = &teach {
@@ -309,7 +288,7 @@ impl Shared {
             if let Some((agent, _)) = &teach {
                 self.relations.forget(agent);
             }
-            self.metrics.not_stored("raced_write");
+            self.metrics.not_stored(metrics::NotStored::RacedWrite);
             return false;
         }
         self.metrics.stored_l1.inc();

@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use http::{header, HeaderMap, Method, StatusCode};
 
-use super::config::{CacheConfig, CacheRule};
 use super::key::HeaderRules;
+pub use super::metrics::NotStored;
+use crate::config::{CacheConfig, CacheRule};
+use crate::routes::{Route, RouteKind};
 
 /// What the cache does with a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,30 +35,6 @@ pub enum Bypass {
     Refresh,
     /// `no-store`: skip the lookup, drop any entry, store nothing.
     NoStore,
-}
-
-/// Why a response was not stored (a metric label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NotStored {
-    Status,
-    Stream,
-    NoStore,
-    Cookie,
-    Vary,
-    TooLarge,
-}
-
-impl NotStored {
-    pub fn label(self) -> &'static str {
-        match self {
-            NotStored::Status => "status",
-            NotStored::Stream => "stream",
-            NotStored::NoStore => "no_store",
-            NotStored::Cookie => "cookie",
-            NotStored::Vary => "vary",
-            NotStored::TooLarge => "too_large",
-        }
-    }
 }
 
 /// A path glob, split into segments once.
@@ -89,19 +67,6 @@ impl Glob {
         match_from(&self.0, segs)
     }
 }
-
-/// Routes never cached whatever the rules say (Letta 0.16.8): the hidden
-/// pass-through routes forward almost every request header to another service
-/// (`routers/v1/git_http.py:250`, `anthropic.py:269`, `zai.py:265`), and these
-/// GETs have side effects (`tools.py:858` stores an OAuth result,
-/// `mcp_servers.py:215` opens an OAuth session).
-const NEVER_CACHED: &[&str] = &[
-    "/v1/git/",
-    "/v1/anthropic/",
-    "/v1/zai/",
-    "/v1/tools/mcp/oauth/",
-    "/v1/mcp-servers/connect/",
-];
 
 /// Most path segments a rule can match: deeper than any Letta route.
 const MAX_SEGMENTS: usize = 16;
@@ -200,7 +165,11 @@ impl Policy {
     fn ttl_for(&self, method: &Method, path: &str) -> Option<Duration> {
         // Split once, not once per rule: this runs on every cacheable request.
         // Deeper than any Letta route: never cached (no rule could be checked).
-        let (buf, n) = split_path(path)?;
+        let (mut buf, n) = split_path(path)?;
+        // Letta serves every route under /latest too: the /v1 rules apply there.
+        if buf[0] == "latest" {
+            buf[0] = "v1";
+        }
         let segs = &buf[..n];
         for r in &self.rules {
             let applies = match *method {
@@ -217,21 +186,22 @@ impl Policy {
         matches!(*method, Method::GET | Method::HEAD).then_some(self.default_ttl)
     }
 
-    /// What to do with a request to `path` (no query).
+    /// What to do with a request to `path` (no query), classified as `route`.
     pub fn plan(
         &self,
         method: &Method,
         path: &str,
-        read_only_post: bool,
+        route: &Route<'_>,
         headers: &HeaderMap,
     ) -> Plan {
-        if !(path.starts_with("/v1/") || path == "/v1") {
+        if route.kind == RouteKind::Outside {
             return Plan::Pass;
         }
-        if NEVER_CACHED.iter().any(|p| path.starts_with(p)) {
-            return Plan::Pass;
-        }
+        // Answers that must never be reused whatever the rules say: pass-through
+        // routes, GETs with side effects, streams. Writes there still invalidate.
+        let never = route.never_cached();
         match *method {
+            Method::GET | Method::HEAD if never => Plan::Pass,
             Method::GET | Method::HEAD => {
                 // A body on a read or a partial read is not something to share.
                 if headers.contains_key(header::RANGE) || has_body(headers) {
@@ -246,7 +216,8 @@ impl Policy {
                 }
             }
             Method::OPTIONS => Plan::Pass,
-            Method::POST if read_only_post => Plan::Pass,
+            Method::POST if route.read_only_post => Plan::Pass,
+            Method::POST if never => Plan::Write,
             Method::POST => match self.ttl_for(method, path) {
                 Some(ttl) => Plan::Message {
                     ttl,

@@ -1,7 +1,7 @@
 //! Table tests of [`super`]: globs, request plans, response storability.
 
 use super::*;
-use crate::cache::config::CacheConfig;
+use crate::config::CacheConfig;
 
 const A: &str = "agent-6f1e3c2a-1b2c-4d5e-8f90-0123456789ab";
 
@@ -14,6 +14,10 @@ fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         );
     }
     h
+}
+
+fn plan(p: &Policy, m: &Method, path: &str, h: &HeaderMap) -> Plan {
+    p.plan(m, path, &crate::routes::classify(path), h)
 }
 
 fn policy_with(extra: Vec<CacheRule>) -> Policy {
@@ -67,14 +71,10 @@ fn pass_through_and_side_effect_routes_are_never_cached_whatever_the_rules() {
         "/v1/tools/mcp/oauth/callback",
         "/v1/mcp-servers/connect/mcp-1",
     ] {
-        assert_eq!(
-            p.plan(&Method::GET, path, false, &none),
-            Plan::Pass,
-            "{path}"
-        );
+        assert_eq!(plan(&p, &Method::GET, path, &none), Plan::Pass, "{path}");
     }
     assert!(matches!(
-        p.plan(&Method::GET, "/v1/tools/", false, &none),
+        plan(&p, &Method::GET, "/v1/tools/", &none),
         Plan::Read { .. }
     ));
 }
@@ -85,9 +85,9 @@ fn paths_deeper_than_any_letta_route_are_never_cached() {
     let p = policy_with(vec![]);
     let none = HeaderMap::new();
     let deep = format!("/v1/agents/{A}{}", "/x".repeat(MAX_SEGMENTS));
-    assert_eq!(p.plan(&Method::GET, &deep, false, &none), Plan::Pass);
+    assert_eq!(plan(&p, &Method::GET, &deep, &none), Plan::Pass);
     let shallow = format!("/v1/agents/{A}");
-    assert_ne!(p.plan(&Method::GET, &shallow, false, &none), Plan::Pass);
+    assert_ne!(plan(&p, &Method::GET, &shallow, &none), Plan::Pass);
 }
 
 #[test]
@@ -99,81 +99,50 @@ fn request_plans() {
         bypass: Bypass::No,
     };
     let get = Method::GET;
-    let cases: Vec<(Method, String, bool, HeaderMap, Plan)> = vec![
+    let cases: Vec<(Method, String, HeaderMap, Plan)> = vec![
         (
             get.clone(),
             format!("/v1/agents/{A}"),
-            false,
             none.clone(),
             read(10),
         ),
-        (
-            Method::HEAD,
-            "/v1/tools/".into(),
-            false,
-            none.clone(),
-            read(300),
-        ),
-        (
-            get.clone(),
-            "/v1/sources/".into(),
-            false,
-            none.clone(),
-            read(30),
-        ),
+        (Method::HEAD, "/v1/tools/".into(), none.clone(), read(300)),
+        (get.clone(), "/v1/sources/".into(), none.clone(), read(30)),
         (
             get.clone(),
             format!("/v1/agents/{A}/messages"),
-            false,
             none.clone(),
             Plan::Pass,
         ),
         (
             get.clone(),
             "/v1/runs/run-1".into(),
-            false,
             none.clone(),
             Plan::Pass,
         ),
-        (
-            get.clone(),
-            "/v1/health/".into(),
-            false,
-            none.clone(),
-            Plan::Pass,
-        ),
+        (get.clone(), "/v1/health/".into(), none.clone(), Plan::Pass),
         (
             get.clone(),
             "/v1/folders/f/files".into(),
-            false,
             none.clone(),
             Plan::Pass,
         ),
-        (
-            get.clone(),
-            "/metrics-ish".into(),
-            false,
-            none.clone(),
-            Plan::Pass,
-        ),
+        (get.clone(), "/metrics-ish".into(), none.clone(), Plan::Pass),
         (
             get.clone(),
             "/v1/tools/".into(),
-            false,
             headers(&[("range", "bytes=0-1")]),
             Plan::Pass,
         ),
         (
             get.clone(),
             "/v1/tools/".into(),
-            false,
             headers(&[("content-length", "3")]),
             Plan::Pass,
         ),
         (
             get.clone(),
             "/v1/tools/".into(),
-            false,
             headers(&[("cache-control", "max-age=0, no-cache")]),
             Plan::Read {
                 ttl: Duration::from_secs(300),
@@ -183,7 +152,6 @@ fn request_plans() {
         (
             get.clone(),
             "/v1/tools/".into(),
-            false,
             headers(&[("pragma", "no-cache")]),
             Plan::Read {
                 ttl: Duration::from_secs(300),
@@ -193,7 +161,6 @@ fn request_plans() {
         (
             get.clone(),
             "/v1/tools/".into(),
-            false,
             headers(&[("cache-control", "no-store")]),
             Plan::Read {
                 ttl: Duration::from_secs(300),
@@ -203,55 +170,62 @@ fn request_plans() {
         (
             Method::POST,
             format!("/v1/agents/{A}/messages"),
-            false,
             none.clone(),
             Plan::Write,
         ),
         (
             Method::POST,
             format!("/v1/agents/{A}/archival-memory/search"),
-            true,
             none.clone(),
             Plan::Pass,
         ),
         (
             Method::PATCH,
             "/v1/blocks/b".into(),
-            false,
             none.clone(),
             Plan::Write,
         ),
         (
             Method::DELETE,
             format!("/v1/agents/{A}"),
-            false,
             none.clone(),
             Plan::Write,
         ),
-        (
-            Method::PUT,
-            "/v1/tools/".into(),
-            false,
-            none.clone(),
-            Plan::Write,
-        ),
+        (Method::PUT, "/v1/tools/".into(), none.clone(), Plan::Write),
         (
             Method::OPTIONS,
             "/v1/tools/".into(),
-            false,
+            none.clone(),
+            Plan::Pass,
+        ),
+        (Method::PATCH, "/-/drain".into(), none.clone(), Plan::Pass),
+        (
+            get.clone(),
+            format!("/latest/agents/{A}/messages"),
             none.clone(),
             Plan::Pass,
         ),
         (
-            Method::PATCH,
-            "/-/drain".into(),
-            false,
+            get.clone(),
+            format!("/latest/agents/{A}"),
             none.clone(),
-            Plan::Pass,
+            read(10),
+        ),
+        (
+            Method::POST,
+            format!("/latest/agents/{A}/messages"),
+            none.clone(),
+            Plan::Write,
+        ),
+        (
+            Method::POST,
+            "/v1/git/agent-1/state.git/git-receive-pack".into(),
+            none.clone(),
+            Plan::Write,
         ),
     ];
-    for (m, path, ro, h, want) in cases {
-        assert_eq!(p.plan(&m, &path, ro, &h), want, "{m} {path}");
+    for (m, path, h, want) in cases {
+        assert_eq!(plan(&p, &m, &path, &h), want, "{m} {path}");
     }
 }
 
@@ -263,35 +237,35 @@ fn the_message_cache_is_opt_in_per_route() {
         cache: true,
         ttl: Some(Duration::from_secs(60)),
     }]);
-    let plan = p.plan(
+    let got = plan(
+        &p,
         &Method::POST,
         &format!("/v1/agents/{A}/messages"),
-        false,
         &HeaderMap::new(),
     );
     assert_eq!(
-        plan,
+        got,
         Plan::Message {
             ttl: Duration::from_secs(60),
             bypass: Bypass::No
         }
     );
     // The stream route is not matched (and SSE is never stored anyway).
-    let plan = p.plan(
+    let got = plan(
+        &p,
         &Method::POST,
         &format!("/v1/agents/{A}/messages/stream"),
-        false,
         &HeaderMap::new(),
     );
-    assert_eq!(plan, Plan::Write);
+    assert_eq!(got, Plan::Write);
     // GET of the history is still off.
-    let plan = p.plan(
+    let got = plan(
+        &p,
         &Method::GET,
         &format!("/v1/agents/{A}/messages"),
-        false,
         &HeaderMap::new(),
     );
-    assert_eq!(plan, Plan::Pass);
+    assert_eq!(got, Plan::Pass);
 }
 
 #[test]

@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 
 use serde::Deserialize;
 
-use super::tags::Tag;
+use super::tags::{Tag, TagList};
+use crate::routes::RouteKind;
 
 /// Most agents remembered; past it the map starts over (see the module doc:
 /// forgetting costs hit rate, never correctness).
@@ -74,13 +75,13 @@ struct AgentShape {
 }
 
 fn block_tags(ids: impl IntoIterator<Item = String>) -> Arc<[Tag]> {
-    let mut v: Vec<Tag> = Vec::new();
+    let mut v = TagList::default();
     for id in ids {
-        if id.starts_with("block-") && !v.iter().any(|t| **t == *id) {
-            v.push(Arc::from(id));
+        if id.starts_with("block-") {
+            v.push(&id);
         }
     }
-    v.into()
+    v.into_vec().into()
 }
 
 /// An agent and all its blocks.
@@ -88,26 +89,30 @@ pub type Taught = (String, Arc<[Tag]>);
 
 /// What an answer teaches: `(agent, all its blocks)`, when it lists them all.
 ///
-/// `template` is the route template, `agent` the agent in the path (if any),
-/// `has_query` whether the request had a query string.
-pub fn taught(template: &str, agent: Option<&str>, has_query: bool, body: &[u8]) -> Option<Taught> {
-    let t = template.trim_end_matches('/');
-    match (t, agent) {
-        ("/v1/agents/{agent_id}/core-memory", Some(a)) => {
+/// `kind` is the route's, `agent` the agent in the path (if any), `has_query`
+/// whether the request had a query string.
+pub fn taught(
+    kind: RouteKind,
+    agent: Option<&str>,
+    has_query: bool,
+    body: &[u8],
+) -> Option<Taught> {
+    match (kind, agent) {
+        (RouteKind::AgentCoreMemory, Some(a)) => {
             let m: MemoryShape = serde_json::from_slice(body).ok()?;
             Some((
                 a.to_string(),
                 block_tags(m.blocks?.into_iter().map(|b| b.id)),
             ))
         }
-        ("/v1/agents/{agent_id}/core-memory/blocks", Some(a)) if !has_query => {
+        (RouteKind::AgentCoreMemoryBlocks, Some(a)) if !has_query => {
             let list: Vec<IdOnly> = serde_json::from_slice(body).ok()?;
             (list.len() < BLOCK_PAGE)
                 .then(|| (a.to_string(), block_tags(list.into_iter().map(|b| b.id))))
         }
         // The agent's state (a read, or the answer to creating or changing it):
         // only when it carries its memory, i.e. non-empty block lists.
-        ("/v1/agents/{agent_id}", _) | ("/v1/agents", None) => {
+        (RouteKind::Agent, _) | (RouteKind::Agents, None) => {
             let s: AgentShape = serde_json::from_slice(body).ok()?;
             let id = s.id.filter(|id| id.starts_with("agent-"))?;
             if agent.is_some_and(|a| a != id) {
@@ -141,10 +146,10 @@ mod tests {
         let state = format!(r#"{{"id":"{A}","memory":{{"blocks":[{{"id":"{B}"}}]}},"blocks":[]}}"#);
         let bare_state = format!(r#"{{"id":"{A}","memory":{{"blocks":[]}},"blocks":[]}}"#);
         let list = format!(r#"[{{"id":"{B}"}}]"#);
-        let t = "/v1/agents/{agent_id}";
-        // (template, agent in path, has query, body, blocks taught)
+        let t = RouteKind::Agent;
+        // (route kind, agent in path, has query, body, blocks taught)
         type Case<'a> = (
-            &'a str,
+            RouteKind,
             Option<&'a str>,
             bool,
             &'a str,
@@ -152,57 +157,38 @@ mod tests {
         );
         let cases: Vec<Case> = vec![
             (
-                "/v1/agents/{agent_id}/core-memory",
+                RouteKind::AgentCoreMemory,
                 Some(A),
                 false,
                 &mem,
                 Some(vec![B]),
             ),
             (
-                "/v1/agents/{agent_id}/core-memory/blocks",
+                RouteKind::AgentCoreMemoryBlocks,
                 Some(A),
                 false,
                 &list,
                 Some(vec![B]),
             ),
-            (
-                "/v1/agents/{agent_id}/core-memory/blocks/",
-                Some(A),
-                false,
-                &list,
-                Some(vec![B]),
-            ),
-            (
-                "/v1/agents/{agent_id}/core-memory/blocks",
-                Some(A),
-                true,
-                &list,
-                None,
-            ),
+            (RouteKind::AgentCoreMemoryBlocks, Some(A), true, &list, None),
             (t, Some(A), false, &state, Some(vec![B])),
             (t, Some(A), false, &bare_state, None),
-            ("/v1/agents/", None, false, &state, Some(vec![B])),
-            (
-                "/v1/agents/{agent_id}/core-memory/blocks/{block_label}",
-                Some(A),
-                false,
-                &list,
-                None,
-            ),
+            (RouteKind::Agents, None, false, &state, Some(vec![B])),
+            (RouteKind::AgentCoreMemoryBlock, Some(A), false, &list, None),
             (t, Some(A), false, "not json", None),
         ];
-        for (template, agent, q, body, want) in cases {
-            let got = taught(template, agent, q, body.as_bytes());
+        for (kind, agent, q, body, want) in cases {
+            let got = taught(kind, agent, q, body.as_bytes());
             let got = got.map(|(a, b)| {
                 assert_eq!(a, A);
                 b.iter().map(|t| t.to_string()).collect::<Vec<_>>()
             });
             let want = want.map(|w| w.iter().map(|s| s.to_string()).collect::<Vec<_>>());
-            assert_eq!(got, want, "{template} {body}");
+            assert_eq!(got, want, "{kind:?} {body}");
         }
         // An empty core memory is complete knowledge: the agent has no blocks.
         let empty = taught(
-            "/v1/agents/{agent_id}/core-memory",
+            RouteKind::AgentCoreMemory,
             Some(A),
             false,
             br#"{"blocks":[]}"#,

@@ -1,37 +1,43 @@
-//! The cache as a tower layer around the proxy service, and its read path.
+//! The cache as a tower layer around the rest of the stack, and its read path.
 //!
-//! Per request, [`Policy::plan`] decides from the method, path and a few
-//! headers. `Pass` goes straight to the inner service (no key, no box, the
-//! inner future untouched). A read looks in L1, joins a fill in progress, looks
-//! in Redis, and on a miss forwards and tees the body into both tiers. Writes
-//! (and the opt-in cached agent turn) take [`super::write`]'s path.
+//! Per request, [`Policy::plan`] decides from the method, the classified route
+//! and a few headers. `Pass` goes straight to the inner service (no key, no
+//! box, the inner future untouched). A read looks in L1, joins a fill in
+//! progress, looks in Redis, and on a miss forwards and copies the body into
+//! both tiers as it streams ([`Fill`]). Writes (and the opt-in cached agent
+//! turn) take [`super::write`]'s path.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::Either;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
+use http_body::Body;
 use tower::{Layer, Service, ServiceExt};
 
 use super::coalesce::{self, Leader, Role};
 use super::entry::{self, Entry, BYPASS, HIT, MISS, X_CACHE};
 use super::key::{self, CacheKey, Domain};
 use super::l2::Lookup;
+use super::metrics::NotStored;
 use super::policy::{Bypass, Plan, Policy};
 use super::relations;
 use super::tags;
-use super::tee::{self, Tee};
+use super::tee::{self, Cut, Tee};
 use super::{FillStart, Shared};
-use crate::proxy::body::{InboundBody, ResponseBody};
-use crate::routes;
+use crate::body::{Full, InboundBody, Watched};
+use crate::routes::{Classified, RouteKind};
 
-pub(crate) type Resp = Response<ResponseBody>;
-type Boxed = Pin<Box<dyn Future<Output = Result<Resp, Infallible>> + Send>>;
+/// What the cache answers with: the inner answer, possibly copied into the
+/// cache as it streams, or a cached one.
+pub type CacheBody<B> = Watched<B, Tee>;
+type Resp<B> = Response<CacheBody<B>>;
+type Boxed<B> = Pin<Box<dyn Future<Output = Result<Resp<B>, Infallible>> + Send>>;
 
 /// Puts the cache in front of a service. Holds only the shared cache.
 #[derive(Clone)]
@@ -63,14 +69,18 @@ pub struct CacheService<S> {
     shared: Arc<Shared>,
 }
 
-impl<S> Service<Request<InboundBody>> for CacheService<S>
+impl<S, B> Service<Request<InboundBody>> for CacheService<S>
 where
-    S: Service<Request<InboundBody>, Response = Resp, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send + 'static,
+    S: Service<Request<InboundBody>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + Unpin + 'static,
+    B: Body<Data = Bytes> + From<Full> + Send + Unpin + 'static,
 {
-    type Response = Resp;
+    type Response = Resp<B>;
     type Error = Infallible;
-    type Future = Either<S::Future, Boxed>;
+    type Future = Either<Plain<S::Future>, Boxed<B>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -79,15 +89,13 @@ where
     fn call(&mut self, req: Request<InboundBody>) -> Self::Future {
         let policy = self.shared.policy();
         let plan = if policy.enabled {
-            let path = req.uri().path();
-            let read_only_post =
-                *req.method() == Method::POST && routes::classify(path).read_only_post;
-            policy.plan(req.method(), path, read_only_post, req.headers())
+            let route = Classified::of_request(&req);
+            policy.plan(req.method(), req.uri().path(), &route, req.headers())
         } else {
             Plan::Pass
         };
         if plan == Plan::Pass {
-            return Either::Left(self.inner.call(req));
+            return Either::Left(Plain(self.inner.call(req)));
         }
         // The readied service takes this call; a fresh clone takes its place.
         let clone = self.inner.clone();
@@ -107,33 +115,57 @@ where
     }
 }
 
+/// The inner future, its answer passed through untouched.
+pub struct Plain<F>(F);
+
+impl<F, B> Future for Plain<F>
+where
+    F: Future<Output = Result<Response<B>, Infallible>> + Unpin,
+    B: Body,
+{
+    type Output = Result<Resp<B>, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let resp = ready!(Pin::new(&mut self.0).poll(cx));
+        Poll::Ready(resp.map(|r| r.map(Watched::plain)))
+    }
+}
+
+/// An answer from the cache, as the layer's body type.
+pub(crate) fn cached<B: Body + From<Full>>(resp: Response<Full>) -> Resp<B> {
+    resp.map(|b| Watched::plain(B::from(b)))
+}
+
 /// What an answer is about, kept past the request's consumption.
 #[derive(Clone)]
 pub(crate) struct Target {
     pub path: String,
     pub has_query: bool,
-    pub template: &'static str,
+    pub kind: RouteKind,
     pub agent: Option<String>,
     /// An opt-in cached agent turn.
     pub message: bool,
 }
 
 impl Target {
-    pub(crate) fn of(uri: &Uri, message: bool) -> Target {
-        let route = routes::classify(uri.path());
+    pub(crate) fn of(uri: &Uri, route: &crate::routes::Route<'_>, message: bool) -> Target {
         Target {
             path: uri.path().to_string(),
             has_query: uri.query().is_some_and(|q| !q.is_empty()),
-            template: route.template,
+            kind: route.kind,
             agent: route.agent_id.map(str::to_string),
             message,
         }
     }
 }
 
-pub(crate) async fn forward<S>(inner: S, parts: http::request::Parts, body: InboundBody) -> Resp
+pub(crate) async fn forward<S, B>(
+    inner: S,
+    parts: http::request::Parts,
+    body: InboundBody,
+) -> Response<B>
 where
-    S: Service<Request<InboundBody>, Response = Resp, Error = Infallible>,
+    S: Service<Request<InboundBody>, Response = Response<B>, Error = Infallible>,
 {
     match inner.oneshot(Request::from_parts(parts, body)).await {
         Ok(r) => r,
@@ -144,8 +176,9 @@ where
 /// Where a lookup left a request.
 pub(crate) enum Found {
     /// Answered from the cache.
-    Answer(Resp),
-    /// Fetch it: lead the fill (when coalescing), store from `start`, say `x_cache`.
+    Answer(Response<Full>),
+    /// Fetch it, then fill from `start` (leading the fill when coalescing),
+    /// answering with this `x-cache`.
     Fetch(Option<Leader>, FillStart, &'static HeaderValue),
 }
 
@@ -213,17 +246,19 @@ pub(crate) async fn lookup(shared: &Arc<Shared>, key: CacheKey, bypass: Bypass) 
     Found::Fetch(leader, start, &MISS)
 }
 
-async fn read<S>(
+async fn read<S, B>(
     shared: Arc<Shared>,
     policy: Arc<Policy>,
     inner: S,
     req: Request<InboundBody>,
     ttl: Duration,
     bypass: Bypass,
-) -> Resp
+) -> Resp<B>
 where
-    S: Service<Request<InboundBody>, Response = Resp, Error = Infallible>,
+    S: Service<Request<InboundBody>, Response = Response<B>, Error = Infallible>,
+    B: Body<Data = Bytes> + From<Full>,
 {
+    let target = Target::of(req.uri(), &Classified::of_request(&req), false);
     let (parts, body) = req.into_parts();
     let key = key::compute(
         Domain::Response,
@@ -239,87 +274,111 @@ where
         Err(unkeyed) => return unkeyed_pass(&shared, inner, parts, body, &unkeyed).await,
     };
     let (leader, start, x_cache) = match lookup(&shared, key, bypass).await {
-        Found::Answer(r) => return r,
+        Found::Answer(r) => return cached(r),
         Found::Fetch(l, s, x) => (l, s, x),
     };
-    let target = Target::of(&parts.uri, false);
     let mut resp = forward(inner, parts, body).await;
     resp.headers_mut().insert(X_CACHE.clone(), x_cache.clone());
     if bypass == Bypass::NoStore {
-        return resp;
+        return resp.map(Watched::plain);
     }
-    attach_fill(&shared, &policy, resp, key, start, leader, ttl, target)
+    let fill = Fill {
+        key,
+        start,
+        leader,
+        ttl,
+        target,
+    };
+    match fill.consumer(&shared, &policy, resp.status(), resp.headers()) {
+        Some(tee) => resp.map(|b| Watched::new(b, tee)),
+        None => resp.map(Watched::plain),
+    }
 }
 
 /// Forwards a request that has no key: not looked up, its answer not kept.
-pub(crate) async fn unkeyed_pass<S>(
+pub(crate) async fn unkeyed_pass<S, B>(
     shared: &Shared,
     inner: S,
     parts: http::request::Parts,
     body: InboundBody,
     unkeyed: &key::Unkeyed,
-) -> Resp
+) -> Resp<B>
 where
-    S: Service<Request<InboundBody>, Response = Resp, Error = Infallible>,
+    S: Service<Request<InboundBody>, Response = Response<B>, Error = Infallible>,
+    B: Body,
 {
     shared.metrics.unkeyed.inc();
     tracing::debug!(header = %unkeyed.0, "cache: a header no key rule names; not cached");
     let mut resp = forward(inner, parts, body).await;
     resp.headers_mut().insert(X_CACHE.clone(), BYPASS.clone());
-    resp
+    resp.map(Watched::plain)
 }
 
-/// Tees a cacheable answer into the cache, or says why it is not stored.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn attach_fill(
-    shared: &Arc<Shared>,
-    policy: &Policy,
-    resp: Resp,
-    key: CacheKey,
-    start: FillStart,
-    leader: Option<Leader>,
-    ttl: Duration,
-    target: Target,
-) -> Resp {
-    let ttl = match policy.storable(resp.status(), resp.headers(), ttl) {
-        Ok(ttl) => ttl,
-        Err(reason) => {
-            // Dropping the leader sends its waiters to the backend themselves.
-            shared.metrics.not_stored_because(reason);
-            return resp;
-        }
-    };
-    let status = resp.status();
-    let headers = entry::kept_headers(resp.headers());
-    let (parts, body) = resp.into_parts();
-    let shared = shared.clone();
-    let body = Tee::wrap(body, policy.max_entry_size as usize, move |outcome| {
-        let bytes = match outcome {
-            Ok(b) => b,
-            Err(cut) => {
-                shared.metrics.not_stored(match cut {
-                    tee::Cut::Failed => "body_error",
-                    tee::Cut::TooLarge => "too_large",
-                });
-                return;
+/// A miss to be stored once its answer has streamed through.
+pub(crate) struct Fill {
+    pub key: CacheKey,
+    /// What the fill must not have been overtaken by.
+    pub start: FillStart,
+    /// Set when this request leads a coalesced fill: waiters get its entry.
+    pub leader: Option<Leader>,
+    pub ttl: Duration,
+    pub target: Target,
+}
+
+impl Fill {
+    /// A copy of the answer that stores it when complete, or `None` (and the
+    /// reason counted) when the answer may not be stored.
+    pub(crate) fn consumer(
+        self,
+        shared: &Arc<Shared>,
+        policy: &Policy,
+        status: StatusCode,
+        headers: &HeaderMap,
+    ) -> Option<Tee> {
+        let ttl = match policy.storable(status, headers, self.ttl) {
+            Ok(ttl) => ttl,
+            Err(reason) => {
+                // Dropping the leader sends its waiters to the backend themselves.
+                shared.metrics.not_stored(reason);
+                return None;
             }
         };
-        tee::spawn(async move {
-            match shared.build(&target, status, headers, bytes, ttl) {
-                Ok((entry, teach)) => {
-                    let entry = Arc::new(entry);
-                    if let Some(l) = &leader {
-                        l.publish(Some(entry.clone()));
-                    }
-                    shared.store(key, entry, start, teach, true).await;
+        let headers = entry::kept_headers(headers);
+        let shared = shared.clone();
+        Some(Tee::new(policy.max_entry_size as usize, move |outcome| {
+            let bytes = match outcome {
+                Ok(b) => b,
+                Err(cut) => {
+                    shared.metrics.not_stored(match cut {
+                        Cut::Failed => NotStored::BodyError,
+                        Cut::TooLarge => NotStored::TooLarge,
+                    });
+                    return;
                 }
-                Err(reason) => shared.metrics.not_stored(reason),
-            }
-            // Only now: requests arriving until the entry is in L1 joined the fill.
-            drop(leader);
-        });
-    });
-    Response::from_parts(parts, body)
+            };
+            let Fill {
+                key,
+                start,
+                leader,
+                target,
+                ..
+            } = self;
+            tee::spawn(async move {
+                match shared.build(&target, status, headers, bytes, ttl) {
+                    Ok((entry, teach)) => {
+                        let entry = Arc::new(entry);
+                        if let Some(l) = &leader {
+                            l.publish(Some(entry.clone()));
+                        }
+                        shared.store(key, entry, start, teach, true).await;
+                    }
+                    Err(reason) => shared.metrics.not_stored(reason),
+                }
+                // Only now: requests arriving until the entry is in L1 joined the fill.
+                drop(leader);
+            });
+        }))
+    }
 }
 
 impl Shared {
@@ -331,7 +390,7 @@ impl Shared {
         headers: HeaderMap,
         body: Bytes,
         ttl: Duration,
-    ) -> Result<(Entry, Option<relations::Taught>), &'static str> {
+    ) -> Result<(Entry, Option<relations::Taught>), NotStored> {
         let mut teach = None;
         let mut tags = if target.message {
             // A cached turn depends on the agent's configuration and memory,
@@ -340,7 +399,7 @@ impl Shared {
             vec![tags::message_tag(agent)]
         } else {
             teach = relations::taught(
-                target.template,
+                target.kind,
                 target.agent.as_deref(),
                 target.has_query,
                 &body,
@@ -350,11 +409,10 @@ impl Shared {
                 (_, Some(pa)) => self.relations.get(pa),
                 _ => None,
             };
-            let item = target.template == "/v1/agents/{agent_id}";
             tags::entry_tags(
                 &target.path,
                 target.agent.as_deref(),
-                item,
+                target.kind == RouteKind::Agent,
                 &body,
                 known.as_deref(),
             )
@@ -363,7 +421,7 @@ impl Shared {
             tags.push(p);
         }
         if tags.len() > tags::MAX_TAGS {
-            return Err("too_many_tags");
+            return Err(NotStored::TooManyTags);
         }
         Ok((Entry::new(status, headers, body, ttl, tags), teach))
     }

@@ -19,6 +19,8 @@
 
 use std::sync::Arc;
 
+use rustc_hash::FxHashSet;
+
 /// A tag: a Letta id (`agent-…`), a collection (`c:agents`), a group (`g:…`) or
 /// an agent's message-cache tag (`m:agent-…`).
 pub type Tag = Arc<str>;
@@ -54,8 +56,10 @@ const TAG_PREFIXES: &[&str] = &[
 ];
 
 /// Every distinct taggable Letta id (`<prefix>-<uuid>`) in `bytes`, in order.
+/// (A set beside the list: an agent's state can name thousands of ids.)
 pub fn scan_ids(bytes: &[u8]) -> Vec<&str> {
     let mut out: Vec<&str> = Vec::new();
+    let mut seen: FxHashSet<&str> = FxHashSet::default();
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] != b'-' {
@@ -65,7 +69,7 @@ pub fn scan_ids(bytes: &[u8]) -> Vec<&str> {
         if let Some((start, end)) = id_at(bytes, i) {
             // Ids are ASCII by construction.
             let id = std::str::from_utf8(&bytes[start..end]).expect("ascii id");
-            if !out.contains(&id) {
+            if seen.insert(id) {
                 out.push(id);
             }
             i = end;
@@ -107,10 +111,13 @@ fn is_uuid(s: &[u8]) -> bool {
         })
 }
 
-/// `c:<collection>` for a path under `/v1/<collection>`; folders are sources
-/// under another name (same ids), so they share one tag.
+/// `c:<collection>` for a path under `/v1/<collection>` (or Letta's `/latest`
+/// copy of it); folders are sources under another name (same ids), so they
+/// share one tag.
 pub fn collection(path: &str) -> Option<Tag> {
-    let rest = path.strip_prefix("/v1/")?;
+    let rest = path
+        .strip_prefix("/v1/")
+        .or_else(|| path.strip_prefix("/latest/"))?;
     let first = rest.split('/').next().filter(|s| !s.is_empty())?;
     let first = if first == "folders" { "sources" } else { first };
     Some(Arc::from(format!("c:{first}")))
@@ -128,9 +135,45 @@ pub fn message_tag(agent: &str) -> Tag {
     Arc::from(format!("m:{agent}"))
 }
 
-fn push(tags: &mut Vec<Tag>, t: &str) {
-    if !tags.iter().any(|x| &**x == t) {
-        tags.push(Arc::from(t));
+/// Tags in insertion order without repeats, checked against a set (not by
+/// scanning the list, which is quadratic on bodies naming many ids).
+#[derive(Default)]
+pub struct TagList {
+    list: Vec<Tag>,
+    seen: FxHashSet<Tag>,
+}
+
+impl TagList {
+    pub fn push(&mut self, t: &str) {
+        if !self.seen.contains(t) {
+            let tag: Tag = Arc::from(t);
+            self.seen.insert(tag.clone());
+            self.list.push(tag);
+        }
+    }
+
+    pub fn contains(&self, t: &str) -> bool {
+        self.seen.contains(t)
+    }
+
+    pub fn any(&self, f: impl Fn(&str) -> bool) -> bool {
+        self.list.iter().any(|t| f(t))
+    }
+
+    pub fn into_vec(self) -> Vec<Tag> {
+        self.list
+    }
+}
+
+impl FromIterator<Tag> for TagList {
+    fn from_iter<I: IntoIterator<Item = Tag>>(iter: I) -> TagList {
+        let mut t = TagList::default();
+        for tag in iter {
+            if t.seen.insert(tag.clone()) {
+                t.list.push(tag);
+            }
+        }
+        t
     }
 }
 
@@ -145,40 +188,40 @@ pub fn entry_tags(
     body: &[u8],
     agent_blocks: Option<&[Tag]>,
 ) -> Vec<Tag> {
-    let mut tags: Vec<Tag> = Vec::new();
+    let mut tags = TagList::default();
     let path_ids = scan_ids(path.as_bytes());
     for id in &path_ids {
-        push(&mut tags, id);
+        tags.push(id);
     }
     for id in scan_ids(body) {
-        push(&mut tags, id);
+        tags.push(id);
     }
     if path_ids.is_empty() {
         // A list or a lookup: any write in the collection may change it.
         if let Some(c) = collection(path) {
-            push(&mut tags, &c);
+            tags.push(&c);
         }
     }
     let mut shows_blocks =
-        path.starts_with("/v1/blocks") || tags.iter().any(|t| t.starts_with("block-"));
+        collection(path).as_deref() == Some("c:blocks") || tags.any(|t| t.starts_with("block-"));
     if agent.is_some() {
         match agent_blocks {
             Some(blocks) => {
                 for b in blocks {
-                    push(&mut tags, b);
+                    tags.push(b);
                 }
                 shows_blocks |= !blocks.is_empty();
             }
             // The agent item never renders block content without naming the
             // blocks; other agent views (context, …) may.
-            None if !agent_item => push(&mut tags, UNRELATED),
+            None if !agent_item => tags.push(UNRELATED),
             None => {}
         }
     }
     if shows_blocks {
-        push(&mut tags, BLOCKS);
+        tags.push(BLOCKS);
     }
-    tags
+    tags.into_vec()
 }
 
 /// What a successful write invalidates.
@@ -199,29 +242,29 @@ pub struct WritePlan {
 /// The invalidation plan of a write to `path` whose JSON body (when small
 /// enough to read) is `body`.
 pub fn write_plan(path: &str, agent: Option<&str>, body: Option<&[u8]>) -> WritePlan {
-    let mut tags: Vec<Tag> = Vec::new();
+    let mut tags = TagList::default();
     for id in scan_ids(path.as_bytes()) {
-        push(&mut tags, id);
+        tags.push(id);
     }
     for id in body.map(scan_ids).unwrap_or_default() {
-        push(&mut tags, id);
+        tags.push(id);
     }
     if let Some(c) = collection(path) {
-        push(&mut tags, &c);
+        tags.push(&c);
     }
     let turn = agent.is_some_and(|a| {
         let after = path.split_once(a).map_or("", |(_, rest)| rest);
         after == "/messages" || after.starts_with("/messages/")
     });
-    let names_block = tags.iter().any(|t| t.starts_with("block-"));
+    let names_block = tags.any(|t| t.starts_with("block-"));
     if agent.is_some() || names_block {
-        push(&mut tags, UNRELATED);
+        tags.push(UNRELATED);
     }
     if let (Some(a), false) = (agent, turn) {
-        push(&mut tags, &message_tag(a));
+        tags.push(&message_tag(a));
     }
     WritePlan {
-        tags,
+        tags: tags.into_vec(),
         agent: agent.map(Arc::from),
         forget_agent: agent.is_some() && !turn,
         turn,
@@ -231,18 +274,18 @@ pub fn write_plan(path: &str, agent: Option<&str>, body: Option<&[u8]>) -> Write
 /// The tags a plan invalidates once the agent's blocks are expanded: the known
 /// blocks, or [`BLOCKS`] when they are unknown.
 pub fn expand(plan: &WritePlan, agent_blocks: Option<&[Tag]>) -> Vec<Tag> {
-    let mut tags = plan.tags.clone();
+    let mut tags: TagList = plan.tags.iter().cloned().collect();
     if plan.agent.is_some() {
         match agent_blocks {
             Some(blocks) => {
                 for b in blocks {
-                    push(&mut tags, b);
+                    tags.push(b);
                 }
             }
-            None => push(&mut tags, BLOCKS),
+            None => tags.push(BLOCKS),
         }
     }
-    tags
+    tags.into_vec()
 }
 
 #[cfg(test)]

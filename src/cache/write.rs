@@ -1,6 +1,6 @@
 //! The write path: forward, then invalidate what the write touched.
 //!
-//! A write under `/v1` (POST/PATCH/PUT/DELETE, and the opt-in cached turn)
+//! A write under the API (POST/PATCH/PUT/DELETE, and the opt-in cached turn)
 //! reads its body when it is small (to find the ids it names and to hash it),
 //! holds its tags while it runs (nothing read meanwhile is stored), and on 2xx
 //! invalidates before its answer is returned; an agent turn invalidates again
@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Body;
 use http_body_util::BodyExt;
 use tower::Service;
 
@@ -21,19 +22,22 @@ use super::entry::{self, Entry, SUPPRESSED, X_CACHE};
 use super::key::{self, CacheKey, Domain};
 use super::policy::{content_length, Bypass, Policy};
 use super::relations;
-use super::service::{attach_fill, forward, lookup, Found, Resp, Target};
+use super::service::{cached, forward, lookup, Fill, Found, Target};
 use super::tags::{self, Tag};
 use super::tee::{self, Tee};
 use super::{FillStart, Shared};
+use crate::body::{Full, InboundBody, Watched};
 use crate::error::ProxyError;
-use crate::proxy::body::{InboundBody, ResponseBody};
+use crate::routes::{Classified, RouteKind};
+
+type Resp<B> = Response<Watched<B, Tee>>;
 
 /// Reads a body of known, small length into memory (to scan and hash it).
 async fn read_small(
     body: InboundBody,
     headers: &HeaderMap,
     cap: u64,
-) -> Result<(InboundBody, Option<Bytes>), Resp> {
+) -> Result<(InboundBody, Option<Bytes>), ProxyError> {
     match content_length(headers) {
         Some(0) => Ok((body, Some(Bytes::new()))),
         Some(n) if n <= cap => match http_body_util::Limited::new(body, cap as usize)
@@ -44,25 +48,21 @@ async fn read_small(
                 let b = c.to_bytes();
                 Ok((InboundBody::from(b.clone()), Some(b)))
             }
-            Err(_) => Err(ProxyError::BadRequest("the request body could not be read")
-                .to_response()
-                .map(ResponseBody::full)),
+            Err(_) => Err(ProxyError::BadRequest("the request body could not be read")),
         },
         _ => Ok((body, None)),
     }
 }
 
-fn is_block_write(method: &Method, template: &str) -> bool {
-    *method == Method::PATCH
-        && (template == "/v1/blocks/{block_id}"
-            || template == "/v1/agents/{agent_id}/core-memory/blocks/{block_label}"
-            || template == "/v1/agents/{agent_id}/core-memory/blocks/{block_id}")
+/// A write of one block's value (by id, or by label under its agent).
+fn is_block_write(method: &Method, kind: RouteKind) -> bool {
+    *method == Method::PATCH && matches!(kind, RouteKind::Block | RouteKind::AgentCoreMemoryBlock)
 }
 
 /// Writes whose answer is the agent's new state (it may list its blocks).
-fn teaches(method: &Method, template: &str) -> bool {
-    (*method == Method::POST && template.trim_end_matches('/') == "/v1/agents")
-        || (*method == Method::PATCH && template == "/v1/agents/{agent_id}")
+fn teaches(method: &Method, kind: RouteKind) -> bool {
+    (*method == Method::POST && kind == RouteKind::Agents)
+        || (*method == Method::PATCH && kind == RouteKind::Agent)
 }
 
 fn is_event_stream(h: &HeaderMap) -> bool {
@@ -83,40 +83,39 @@ impl Drop for Hold {
     }
 }
 
-pub(crate) async fn write<S>(
+pub(crate) async fn write<S, B>(
     shared: Arc<Shared>,
     policy: Arc<Policy>,
     inner: S,
     req: Request<InboundBody>,
     message: Option<(Duration, Bypass)>,
-) -> Resp
+) -> Resp<B>
 where
-    S: Service<Request<InboundBody>, Response = Resp, Error = Infallible>,
+    S: Service<Request<InboundBody>, Response = Response<B>, Error = Infallible>,
+    B: Body<Data = Bytes> + From<Full>,
 {
+    let target = Target::of(req.uri(), &Classified::of_request(&req), message.is_some());
     let (parts, body) = req.into_parts();
-    let target = Target::of(&parts.uri, message.is_some());
     let (body, bytes) = match read_small(body, &parts.headers, shared.max_scan_body).await {
         Ok(v) => v,
-        Err(resp) => return resp,
+        Err(e) => return cached(e.to_response().map(Full::new)),
     };
     let plan = tags::write_plan(&target.path, target.agent.as_deref(), bytes.as_deref());
 
     // Unchanged-write suppression: keyed by caller and target, valued by body hash.
     let suppress = match &bytes {
-        Some(b) if policy.suppress && is_block_write(&parts.method, target.template) => {
-            key::compute(
-                Domain::Suppression,
-                &parts.method,
-                &target.path,
-                parts.uri.query(),
-                &parts.headers,
-                &policy.headers,
-                None,
-            )
-            // A request the key cannot describe is never answered from memory.
-            .ok()
-            .map(|k| (k, key::body_hash(b)))
-        }
+        Some(b) if policy.suppress && is_block_write(&parts.method, target.kind) => key::compute(
+            Domain::Suppression,
+            &parts.method,
+            &target.path,
+            parts.uri.query(),
+            &parts.headers,
+            &policy.headers,
+            None,
+        )
+        // A request the key cannot describe is never answered from memory.
+        .ok()
+        .map(|k| (k, key::body_hash(b))),
         _ => None,
     };
     if let Some((k, h)) = &suppress {
@@ -127,7 +126,7 @@ where
                 r.headers_mut().remove(header::AGE);
                 r.headers_mut()
                     .insert(SUPPRESSED.clone(), HeaderValue::from_static("1"));
-                return r;
+                return cached(r);
             }
         }
     }
@@ -146,8 +145,17 @@ where
         );
         match key {
             Ok(key) => match lookup(&shared, key, bypass).await {
-                Found::Answer(r) => return r,
-                Found::Fetch(leader, start, x) => fill = Some((key, leader, start, x, ttl)),
+                Found::Answer(r) => return cached(r),
+                Found::Fetch(leader, start, x) => {
+                    let f = Fill {
+                        key,
+                        start,
+                        leader,
+                        ttl,
+                        target: target.clone(),
+                    };
+                    fill = Some((f, x));
+                }
             },
             Err(unkeyed) => {
                 shared.metrics.unkeyed.inc();
@@ -168,33 +176,33 @@ where
     shared.epochs.hold(&hold.tags);
     let method = parts.method.clone();
     let mut resp = forward(inner, parts, body).await;
-    if let Some((_, _, _, x, _)) = &fill {
+    if let Some((_, x)) = &fill {
         resp.headers_mut().insert(X_CACHE.clone(), (*x).clone());
     }
     if !resp.status().is_success() {
-        return resp;
+        // A refused or failed write changed nothing: nothing to invalidate.
+        return resp.map(Watched::plain);
     }
     shared.invalidate(&plan).await;
     let after = shared.fill_start(None);
     let streaming = plan.turn || is_event_stream(resp.headers());
     let remember = suppress.filter(|_| resp.status() == StatusCode::OK);
-    let teach = teaches(&method, target.template);
+    let teach = teaches(&method, target.kind);
     let (status, headers) = (resp.status(), entry::kept_headers(resp.headers()));
-    let target = Arc::new(target);
-    if let Some((key, leader, start, _, ttl)) = fill {
-        let t = (*target).clone();
-        resp = attach_fill(&shared, &policy, resp, key, start, leader, ttl, t);
-    }
+    let mut tee = fill.and_then(|(f, _)| f.consumer(&shared, &policy, status, resp.headers()));
     if !(streaming || remember.is_some() || teach) {
-        return resp;
+        return match tee {
+            Some(t) => resp.map(|b| Watched::new(b, t)),
+            None => resp.map(Watched::plain),
+        };
     }
+    // The body is needed to remember or learn from it; for a stream only its end.
     let cap = if remember.is_some() || teach {
         policy.max_entry_size as usize
     } else {
         0
     };
-    let (rparts, body) = resp.into_parts();
-    let body = Tee::wrap(body, cap, move |outcome| {
+    let after_write = move |outcome: Result<Bytes, tee::Cut>| {
         // A plain write is done when its body is: release now, so the answer
         // remembered below is usable by the very next request.
         let hold = if streaming {
@@ -204,10 +212,10 @@ where
             None
         };
         let remembered = match (&outcome, remember) {
-            (Ok(bytes), Some((k, h))) => Some((
-                k,
-                shared.remember(k, h, &target, status, headers, bytes.clone(), after),
-            )),
+            (Ok(bytes), Some((k, h))) => {
+                let e = shared.remembered_entry(&target.path, status, headers, bytes.clone());
+                Some((k, shared.remember(k, h, e, after)))
+            }
             _ => None,
         };
         tee::spawn(async move {
@@ -227,7 +235,7 @@ where
             let Ok(bytes) = outcome else { return };
             if teach {
                 if let Some((agent, blocks)) =
-                    relations::taught(target.template, target.agent.as_deref(), false, &bytes)
+                    relations::taught(target.kind, target.agent.as_deref(), false, &bytes)
                 {
                     let agent_tag: Tag = Arc::from(agent.as_str());
                     if shared.epochs.still_valid(after.local, &[agent_tag]) {
@@ -236,8 +244,13 @@ where
                 }
             }
         });
-    });
-    Response::from_parts(rparts, body)
+    };
+    match tee.as_mut() {
+        Some(t) => t.add(cap, after_write),
+        None => tee = Some(Tee::new(cap, after_write)),
+    }
+    let tee = tee.expect("just set");
+    resp.map(|b| Watched::new(b, tee))
 }
 
 impl Shared {
@@ -255,37 +268,42 @@ impl Shared {
     }
 
     /// Remembers a successful block write for suppression (this instance
-    /// only): visible at once, stored in L1 by the caller.
-    #[allow(clippy::too_many_arguments)]
+    /// only): visible at once, stored in L1 by the caller. `entry` is the
+    /// write's answer; `hash` the request body's.
     fn remember(
         &self,
         key: CacheKey,
         hash: [u8; 32],
-        target: &Target,
-        status: StatusCode,
-        headers: HeaderMap,
-        body: Bytes,
+        mut entry: Entry,
         start: FillStart,
     ) -> Arc<Entry> {
-        let mut tags: Vec<Tag> = Vec::new();
-        for id in tags::scan_ids(target.path.as_bytes())
-            .into_iter()
-            .chain(tags::scan_ids(&body))
-        {
-            if !tags.iter().any(|t| &**t == id) {
-                tags.push(Arc::from(id));
-            }
-        }
-        if tags.iter().any(|t| t.starts_with("block-")) {
-            tags.push(Arc::from(tags::BLOCKS));
-        }
-        let mut e = Entry::new(status, headers, body, self.suppress_ttl, tags);
-        e.request_hash = Some(hash);
-        let e = Arc::new(e);
+        entry.request_hash = Some(hash);
+        let e = Arc::new(entry);
         self.remembering
             .lock()
             .expect("remembering poisoned")
             .insert(key, (e.clone(), start.local));
         e
+    }
+
+    /// A remembered write's entry: tagged by the ids of its path and answer.
+    fn remembered_entry(
+        &self,
+        path: &str,
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Entry {
+        let mut tags = tags::TagList::default();
+        for id in tags::scan_ids(path.as_bytes())
+            .into_iter()
+            .chain(tags::scan_ids(&body))
+        {
+            tags.push(id);
+        }
+        if tags.any(|t| t.starts_with("block-")) {
+            tags.push(tags::BLOCKS);
+        }
+        Entry::new(status, headers, body, self.suppress_ttl, tags.into_vec())
     }
 }

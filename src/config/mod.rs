@@ -13,10 +13,16 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::balance::BalancerConfig;
-pub use crate::cache::CacheConfig;
 
+mod cache;
 mod env;
 mod size;
+
+pub use cache::{default_rules, default_vary, CacheConfig, CacheRule};
+
+/// The configuration in force, shared by every part of the proxy and swapped
+/// whole by a reload: a request loads it once and sees one version throughout.
+pub type SharedConfig = std::sync::Arc<arc_swap::ArcSwap<Config>>;
 
 pub use size::{de_size, parse_size};
 

@@ -1,13 +1,10 @@
-//! Health of the backends: active probes and passive outlier detection.
+//! Active health checks: the prober and its scheduler, one task for the whole
+//! set, probing every backend of the *current* set each interval (so a reload's
+//! new backends are probed without restarting anything), stopped by a token.
 //!
-//! - [`state`]: the pure threshold state machine of active probes;
-//! - [`outlier`]: ejection from real traffic (consecutive failures);
-//! - this file: the prober and its scheduler, one task for the whole set,
-//!   probing every backend of the *current* set each interval (so a reload's new
-//!   backends are probed without restarting anything), stopped by a token.
-
-pub mod outlier;
-pub mod state;
+//! The verdicts live with each backend (`backend::health_state`, a pure
+//! threshold state machine; `backend::outlier` for passive ejection); this
+//! module only feeds them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,18 +18,22 @@ use hyper_util::rt::TokioExecutor;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::Backend;
-use crate::config::HealthConfig;
-use crate::proxy::Proxy;
-use state::Transition;
+use crate::backend::health_state::Transition;
+use crate::backend::{Backend, Upstreams};
+use crate::config::{HealthConfig, SharedConfig};
 
 type ProbeClient = Client<HttpConnector, Empty<Bytes>>;
 
-/// Starts probing the backends of `proxy` until `stop`. Settings are read from the
-/// config in force at every round, so a reload changes path, interval and thresholds.
-pub fn spawn(proxy: Arc<Proxy>, stop: CancellationToken) -> JoinHandle<()> {
+/// Starts probing the backends of `upstreams` until `stop`. Settings are read
+/// from the config in force at every round, so a reload changes path, interval
+/// and thresholds.
+pub fn spawn(
+    upstreams: Arc<Upstreams>,
+    config: SharedConfig,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
     let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(proxy.config().health.timeout));
+    connector.set_connect_timeout(Some(config.load().health.timeout));
     connector.set_nodelay(true);
     // Probes use their own small pool so they never queue behind proxied traffic.
     let client: ProbeClient = Client::builder(TokioExecutor::new())
@@ -40,10 +41,10 @@ pub fn spawn(proxy: Arc<Proxy>, stop: CancellationToken) -> JoinHandle<()> {
         .build(connector);
     tokio::spawn(async move {
         loop {
-            let config = proxy.config();
+            let config = config.load_full();
             let cfg = &config.health;
             if cfg.enabled {
-                let set = proxy.upstreams.load_full();
+                let set = upstreams.load_full();
                 let probes = set.backends.iter().map(|b| probe_one(&client, b, cfg));
                 futures_util::future::join_all(probes).await;
             }

@@ -5,7 +5,6 @@
 //!   `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`, `Proxy-*`;
 //! - `X-Forwarded-For` gets the client address appended; `X-Forwarded-Proto` and
 //!   `X-Forwarded-Host` are set unless an outer proxy already set them;
-//! - `x-request-id` is kept when the client sent one and generated otherwise;
 //! - everything else (`Authorization`, `User-Agent`, `X-Stainless-*`, `X-Project`)
 //!   passes untouched: Letta varies its answers on them.
 
@@ -13,10 +12,6 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::Authority;
-use rand::RngCore;
-
-/// `x-request-id`.
-pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// `x-letta-proxy-backend`: which replica answered.
 pub static BACKEND: HeaderName = HeaderName::from_static("x-letta-proxy-backend");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -81,23 +76,30 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Appends the client address to `X-Forwarded-For`, and sets `-Proto` / `-Host`
-/// when no outer proxy set them.
-pub fn add_forwarded(headers: &mut HeaderMap, client_ip: IpAddr, host: Option<&HeaderValue>) {
-    let mut ip_buf = [0u8; 64];
-    let ip = format_ip(client_ip, &mut ip_buf);
-    let xff = match headers.get(&X_FORWARDED_FOR) {
-        Some(prev) if !prev.is_empty() => {
-            let mut v = Vec::with_capacity(prev.len() + 2 + ip.len());
-            v.extend_from_slice(prev.as_bytes());
-            v.extend_from_slice(b", ");
-            v.extend_from_slice(ip);
-            HeaderValue::from_bytes(&v)
+/// Appends the client address (when known: an application embedding the
+/// gateway may not say) to `X-Forwarded-For`, and sets `-Proto` / `-Host` when
+/// no outer proxy set them.
+pub fn add_forwarded(
+    headers: &mut HeaderMap,
+    client_ip: Option<IpAddr>,
+    host: Option<&HeaderValue>,
+) {
+    if let Some(client_ip) = client_ip {
+        let mut ip_buf = [0u8; 64];
+        let ip = format_ip(client_ip, &mut ip_buf);
+        let xff = match headers.get(&X_FORWARDED_FOR) {
+            Some(prev) if !prev.is_empty() => {
+                let mut v = Vec::with_capacity(prev.len() + 2 + ip.len());
+                v.extend_from_slice(prev.as_bytes());
+                v.extend_from_slice(b", ");
+                v.extend_from_slice(ip);
+                HeaderValue::from_bytes(&v)
+            }
+            _ => HeaderValue::from_bytes(ip),
+        };
+        if let Ok(xff) = xff {
+            headers.insert(X_FORWARDED_FOR.clone(), xff);
         }
-        _ => HeaderValue::from_bytes(ip),
-    };
-    if let Ok(xff) = xff {
-        headers.insert(X_FORWARDED_FOR.clone(), xff);
     }
     if !headers.contains_key(&X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
@@ -118,54 +120,45 @@ fn format_ip(ip: IpAddr, buf: &mut [u8; 64]) -> &[u8] {
     &buf[..n]
 }
 
-/// Returns the request's `x-request-id`, inserting a fresh random one when absent.
-pub fn ensure_request_id(headers: &mut HeaderMap, rng: &mut dyn RngCore) -> HeaderValue {
-    if let Some(id) = headers.get(&REQUEST_ID) {
-        if !id.is_empty() {
-            return id.clone();
-        }
-    }
-    let id = new_request_id(rng);
-    headers.insert(REQUEST_ID.clone(), id.clone());
-    id
-}
-
-/// 32 lowercase hex digits (128 random bits).
-pub fn new_request_id(rng: &mut dyn RngCore) -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut raw = [0u8; 16];
-    rng.fill_bytes(&mut raw);
-    let mut out = [0u8; 32];
-    for (i, b) in raw.iter().enumerate() {
-        out[2 * i] = HEX[(b >> 4) as usize];
-        out[2 * i + 1] = HEX[(b & 0xf) as usize];
-    }
-    HeaderValue::from_bytes(&out).expect("hex is a valid header value")
-}
-
-/// Rewrites an absolute `Location` that points at `backend` so it points at the
-/// address the client used (`client_host`). Letta builds its trailing-slash 307s
-/// from `Host`; with `preserve_host` off, or behind another proxy, they would name
-/// the replica. Relative locations and other hosts are left alone.
+/// Rewrites a `Location` so it points where the client can follow it:
+///
+/// - an absolute URL naming `backend` is moved to the address the client used
+///   (`client_host`): Letta builds its trailing-slash 307s from `Host`, so with
+///   `preserve_host` off, or behind another proxy, they would name the replica;
+/// - when the gateway is mounted under a prefix in an application's router
+///   (`mount`, e.g. `/letta`), a location on the client's host gets the prefix
+///   back (Letta answered for the path without it).
+///
+/// Relative locations without a mount and other hosts are left alone.
 pub fn rewrite_location(
     headers: &mut HeaderMap,
     backend: &Authority,
     client_host: Option<&HeaderValue>,
+    mount: &str,
 ) {
-    let Some(host) = client_host.and_then(|h| h.to_str().ok()) else {
-        return;
-    };
     let Some(loc) = headers.get(header::LOCATION).and_then(|l| l.to_str().ok()) else {
         return;
     };
-    let Some(rest) = loc.strip_prefix("http://") else {
-        return;
+    let host = client_host.and_then(|h| h.to_str().ok());
+    let rewritten = if let Some(path) = loc.strip_prefix('/') {
+        // Relative to the host: only the mount is missing.
+        (!mount.is_empty()).then(|| format!("{mount}/{path}"))
+    } else {
+        let Some((scheme, rest)) = loc.split_once("://") else {
+            return;
+        };
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let at_backend = authority.eq_ignore_ascii_case(backend.as_str()) && scheme == "http";
+        let at_client = host.is_some_and(|h| authority.eq_ignore_ascii_case(h));
+        match (host, at_backend, at_client) {
+            (Some(h), true, _) => Some(format!("http://{h}{mount}{path}")),
+            (Some(_), false, true) if !mount.is_empty() => {
+                Some(format!("{scheme}://{authority}{mount}{path}"))
+            }
+            _ => None,
+        }
     };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    if !authority.eq_ignore_ascii_case(backend.as_str()) {
-        return;
-    }
-    if let Ok(v) = HeaderValue::from_str(&format!("http://{host}{path}")) {
+    if let Some(v) = rewritten.and_then(|r| HeaderValue::from_str(&r).ok()) {
         headers.insert(header::LOCATION, v);
     }
 }
@@ -173,7 +166,6 @@ pub fn rewrite_location(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -220,26 +212,20 @@ mod tests {
             ("x-forwarded-proto", "https"),
         ]);
         let host = HeaderValue::from_static("proxy.example:8300");
-        add_forwarded(&mut h, "127.0.0.1".parse().unwrap(), Some(&host));
+        add_forwarded(&mut h, Some("127.0.0.1".parse().unwrap()), Some(&host));
         assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "proxy.example:8300");
         let mut h = HeaderMap::new();
-        add_forwarded(&mut h, "::1".parse().unwrap(), None);
+        add_forwarded(&mut h, Some("::1".parse().unwrap()), None);
         assert_eq!(h["x-forwarded-for"], "::1");
         assert_eq!(h["x-forwarded-proto"], "http");
-    }
-
-    #[test]
-    fn request_id_is_kept_or_generated() {
-        let mut rng = rand::rngs::SmallRng::seed_from_u64(1);
-        let mut h = map(&[("x-request-id", "abc")]);
-        assert_eq!(ensure_request_id(&mut h, &mut rng), "abc");
-        let mut h = HeaderMap::new();
-        let id = ensure_request_id(&mut h, &mut rng);
-        assert_eq!(id.len(), 32);
-        assert_eq!(h["x-request-id"], id);
-        assert_ne!(new_request_id(&mut rng), new_request_id(&mut rng));
+        let mut h = map(&[("x-forwarded-for", "203.0.113.9")]);
+        add_forwarded(&mut h, None, None);
+        assert_eq!(
+            h["x-forwarded-for"], "203.0.113.9",
+            "no address known: unchanged"
+        );
     }
 
     #[test]
@@ -247,16 +233,43 @@ mod tests {
         let backend: Authority = "127.0.0.1:8283".parse().unwrap();
         let host = HeaderValue::from_static("localhost:8300");
         let mut h = map(&[("location", "http://127.0.0.1:8283/v1/agents/?limit=5")]);
-        rewrite_location(&mut h, &backend, Some(&host));
+        rewrite_location(&mut h, &backend, Some(&host), "");
         assert_eq!(h["location"], "http://localhost:8300/v1/agents/?limit=5");
         for other in [
             "/v1/agents/",
             "http://elsewhere:1/x",
             "https://127.0.0.1:8283/x",
+            "http://localhost:8300/v1/agents/",
         ] {
             let mut h = map(&[("location", other)]);
-            rewrite_location(&mut h, &backend, Some(&host));
+            rewrite_location(&mut h, &backend, Some(&host), "");
             assert_eq!(h["location"], other);
+        }
+    }
+
+    #[test]
+    fn a_mounted_gateway_keeps_its_prefix_in_redirects() {
+        let backend: Authority = "127.0.0.1:8283".parse().unwrap();
+        let host = HeaderValue::from_static("app.example");
+        for (loc, want) in [
+            (
+                "http://app.example/v1/agents/",
+                "http://app.example/letta/v1/agents/",
+            ),
+            (
+                "https://app.example/v1/agents/",
+                "https://app.example/letta/v1/agents/",
+            ),
+            (
+                "http://127.0.0.1:8283/v1/agents/",
+                "http://app.example/letta/v1/agents/",
+            ),
+            ("/v1/agents/", "/letta/v1/agents/"),
+            ("http://elsewhere/v1/agents/", "http://elsewhere/v1/agents/"),
+        ] {
+            let mut h = map(&[("location", loc)]);
+            rewrite_location(&mut h, &backend, Some(&host), "/letta");
+            assert_eq!(h["location"], want, "{loc}");
         }
     }
 }

@@ -1,18 +1,11 @@
-//! Listeners and lifecycle: accept connections (HTTP/1.1 and h2c on one port),
-//! route proxy-owned paths, forward the rest, and shut down gracefully.
-//!
-//! Every request that is not a proxy-owned path goes through [`dispatch`]:
-//! observation (request id, metrics, stats, access log) around the request
-//! stack. The batch endpoint sends its sub-requests through the same function.
+//! Listeners and lifecycle: accept connections (HTTP/1.1 and h2c on one
+//! port), hand each request to the gateway's router, serve the admin API, and
+//! shut down gracefully.
 //!
 //! Shutdown: stop accepting, tell every connection to finish its current
 //! exchanges (HTTP/1 keep-alive off, HTTP/2 GOAWAY), and wait up to
 //! `server.shutdown_grace` for in-flight requests and streams to end.
 
-mod admin;
-mod batch;
-mod endpoints;
-pub mod hygiene;
 pub mod reload;
 
 use std::convert::Infallible;
@@ -20,20 +13,18 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::{Request, Response};
+use axum::extract::ConnectInfo;
+use axum::Router;
+use http::Request;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::cache::{Cache, CacheService};
 use crate::config::Config;
-use crate::proxy::body::{InboundBody, ResponseBody};
-use crate::proxy::observe::Observation;
-use crate::proxy::{ClientAddr, Proxy, ProxyService};
+use crate::gateway::{Gateway, GatewayError};
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -44,50 +35,51 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Gateway(#[from] GatewayError),
 }
 
-/// Runs the proxy on `listener` with `config` until `shutdown` resolves, then
+/// Runs the proxy for `config` on `listener` until `shutdown` resolves, then
 /// drains for up to `server.shutdown_grace`.
 pub async fn serve(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let proxy = Arc::new(Proxy::new(config));
-    serve_proxy(listener, proxy, shutdown).await
+    let gateway = Gateway::from_config(config).await?;
+    serve_gateway(listener, gateway, shutdown).await
 }
 
-/// Like [`serve`], with a proxy the caller built (and can inspect).
-pub async fn serve_proxy(
-    listener: TcpListener,
-    proxy: Arc<Proxy>,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), ServeError> {
-    let config = proxy.config();
-    let cache = config.cache.enabled.then(|| {
-        Cache::start(
-            &config.cache,
-            proxy.metrics.registry(),
-            tokio_util::sync::CancellationToken::new(),
-        )
-    });
-    serve_with_cache(listener, proxy, cache, shutdown).await
+/// One client connection's service: the router, with the client's address
+/// in each request's extensions (axum's `ConnectInfo`, as `axum::serve` does).
+#[derive(Clone)]
+struct Connection {
+    router: Router,
+    peer: SocketAddr,
 }
 
-/// Like [`serve_proxy`], with the cache the caller built (`None`: no cache in
-/// the stack, whatever the config says). Tests use it to watch the cache.
-pub async fn serve_with_cache(
-    listener: TcpListener,
-    proxy: Arc<Proxy>,
-    cache: Option<Arc<Cache>>,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), ServeError> {
-    let config = proxy.config();
-    if let Some(c) = &cache {
-        proxy.set_purger(c.clone());
+impl hyper::service::Service<Request<Incoming>> for Connection {
+    type Response = axum::response::Response;
+    type Error = Infallible;
+    // The router's own future is small (it boxes what it routes to): hyper
+    // keeps one slot of this size per connection, so idle connections stay light.
+    type Future = axum::routing::future::RouteFuture<Infallible>;
+
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        req.extensions_mut().insert(ConnectInfo(self.peer));
+        tower::Service::call(&mut self.router.clone(), req)
     }
-    let stack = Stack::new(proxy.clone(), cache.as_ref());
+}
+
+/// Like [`serve`], with a gateway the caller built (and can inspect).
+pub async fn serve_gateway(
+    listener: TcpListener,
+    gateway: Gateway,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let config = gateway.config();
     let cfg = &config.server;
+    let router = gateway.router();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -105,16 +97,12 @@ pub async fn serve_with_cache(
     let graceful = GracefulShutdown::new();
     let connections = Arc::new(Semaphore::new(cfg.max_connections));
     let grace = cfg.shutdown_grace;
-    let stop_background = tokio_util::sync::CancellationToken::new();
-    let health = config
-        .health
-        .enabled
-        .then(|| crate::health::spawn(proxy.clone(), stop_background.clone()));
-    reload::spawn_sighup(proxy.clone(), stop_background.clone());
-    if let (true, Some(path)) = (config.admin.watch_config, proxy.config_path()) {
+    let stop_background = gateway.stopped();
+    reload::spawn_sighup(gateway.clone(), stop_background.clone());
+    if let (true, Some(path)) = (config.admin.watch_config, gateway.config_path()) {
         reload::spawn_watch(
-            proxy.clone(),
-            path,
+            gateway.clone(),
+            path.clone(),
             std::time::Duration::from_secs(2),
             stop_background.clone(),
         );
@@ -126,9 +114,9 @@ pub async fn serve_with_cache(
         let bound = admin
             .local_addr()
             .map_err(|source| ServeError::Bind { addr, source })?;
-        proxy.set_admin_addr(bound);
+        gateway.set_admin_addr(bound);
         tracing::info!(listen = %bound, "admin API listening");
-        let app = admin::router(proxy.clone());
+        let app = gateway.admin_router();
         let stop = stop_background.clone();
         tokio::spawn(async move {
             let _ = axum::serve(admin, app)
@@ -136,7 +124,6 @@ pub async fn serve_with_cache(
                 .await;
         });
     }
-    proxy.metrics.last_reload_success.set(reload::unix_now());
     tokio::pin!(shutdown);
 
     loop {
@@ -158,15 +145,10 @@ pub async fn serve_with_cache(
             },
         };
         let _ = stream.set_nodelay(true);
-        let stack = stack.clone();
-        let svc = service_fn(move |req| {
-            let stack = stack.clone();
-            // Boxed: hyper gives every connection a slot the size of the service's
-            // future, allocated when the connection opens. The request future is
-            // about 4 KiB; boxed, an idle keep-alive connection holds 8 bytes for it
-            // and the 4 KiB exist only while a request is in flight.
-            Box::pin(async move { Ok::<_, Infallible>(handle(&stack, req, peer).await) })
-        });
+        let svc = Connection {
+            router: router.clone(),
+            peer,
+        };
         let conn = builder
             .serve_connection(TokioIo::new(stream), svc)
             .into_owned();
@@ -180,13 +162,7 @@ pub async fn serve_with_cache(
     }
 
     drop(listener);
-    stop_background.cancel();
-    if let Some(c) = &cache {
-        c.stop();
-    }
-    if let Some(h) = health {
-        let _ = h.await;
-    }
+    gateway.shutdown();
     tracing::info!(grace = ?grace, "shutting down: draining in-flight requests");
     if tokio::time::timeout(grace, graceful.shutdown())
         .await
@@ -202,63 +178,4 @@ fn header_buffer(max_header_size: u64) -> usize {
     usize::try_from(max_header_size)
         .unwrap_or(usize::MAX)
         .saturating_add(16 * 1024)
-}
-
-/// Proxy-owned paths are answered here; everything else is dispatched.
-async fn handle(stack: &Stack, req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
-    let max_header_size = stack.proxy.config().server.max_header_size;
-    if let Err(e) = hygiene::check(&req, usize::try_from(max_header_size).unwrap_or(usize::MAX)) {
-        tracing::debug!(error = %e, %peer, "request refused");
-        let mut resp = e.to_response().map(ResponseBody::full);
-        // The rest of the connection cannot be trusted to be framed as the client meant.
-        resp.headers_mut().insert(
-            http::header::CONNECTION,
-            http::HeaderValue::from_static("close"),
-        );
-        return resp;
-    }
-    let mut req = req.map(InboundBody::from);
-    req.extensions_mut().insert(ClientAddr(peer));
-    if req.uri().path() == "/-/batch" && req.method() == http::Method::POST {
-        return batch::handle(stack, req).await;
-    }
-    if let Some(resp) = endpoints::answer(&stack.proxy, &req) {
-        return resp;
-    }
-    stack.dispatch(req).await
-}
-
-/// What a forwarded request goes through, built once per server: the proxy,
-/// behind the cache layer when the cache is on (off, it is not in the stack).
-#[derive(Clone)]
-pub struct Stack {
-    pub proxy: Arc<Proxy>,
-    cache: Option<(Arc<Cache>, CacheService<ProxyService>)>,
-}
-
-impl Stack {
-    pub fn new(proxy: Arc<Proxy>, cache: Option<&Arc<Cache>>) -> Stack {
-        let cache = cache.map(|c| {
-            let svc = tower::Layer::layer(&c.layer(), ProxyService(proxy.clone()));
-            (c.clone(), svc)
-        });
-        Stack { proxy, cache }
-    }
-
-    /// Sends one request through the stack, observed.
-    pub async fn dispatch(&self, mut req: Request<InboundBody>) -> Response<ResponseBody> {
-        let observation = Observation::begin(&self.proxy, &mut req);
-        let resp = match &self.cache {
-            None => self.proxy.forward(req).await,
-            Some((cache, svc)) => {
-                // Cache rules follow config reloads.
-                cache.follow(&self.proxy.config());
-                match tower::ServiceExt::oneshot(svc.clone(), req).await {
-                    Ok(r) => r,
-                    Err(never) => match never {},
-                }
-            }
-        };
-        observation.finish(resp)
-    }
 }

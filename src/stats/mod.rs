@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::proxy::Proxy;
-use window::Summary;
+use crate::backend::Upstreams;
+use crate::metrics::Metrics;
+use window::{Summary, Window};
 
 /// Window the percentiles are computed over.
 pub const WINDOW: Duration = Duration::from_secs(60);
@@ -53,10 +54,10 @@ pub struct ProcessStats {
     pub open_fds: f64,
 }
 
-/// Builds the snapshot.
-pub fn snapshot(proxy: &Proxy) -> Snapshot {
-    let now = proxy.upstreams.now_ns();
-    let set = proxy.upstreams.load();
+/// Builds the snapshot from the backends, the overall window and the metrics.
+pub fn snapshot(upstreams: &Upstreams, overall: &Window, metrics: &Metrics) -> Snapshot {
+    let now = upstreams.now_ns();
+    let set = upstreams.load();
     let backends: Vec<BackendStats> = set
         .backends
         .iter()
@@ -70,7 +71,7 @@ pub fn snapshot(proxy: &Proxy) -> Snapshot {
             window: b.window.summary(now, WINDOW),
         })
         .collect();
-    let families = proxy.metrics.gather();
+    let families = metrics.gather();
     let value = |name: &str| -> Option<f64> {
         families.iter().find(|f| f.name() == name).map(|f| {
             f.get_metric()
@@ -111,8 +112,8 @@ pub fn snapshot(proxy: &Proxy) -> Snapshot {
     let looked_up = l1_hits + l1_misses;
     Snapshot {
         window_seconds: WINDOW.as_secs(),
-        strategy: proxy.config().balancer.strategy.as_str(),
-        overall: proxy.window.summary(now, WINDOW),
+        strategy: set.strategy.name(),
+        overall: overall.summary(now, WINDOW),
         in_flight: set.backends.iter().map(|b| b.in_flight()).sum(),
         backends,
         cache_hit_ratio: (looked_up > 0.0)

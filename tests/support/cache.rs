@@ -8,7 +8,7 @@ use std::time::Duration;
 use letta_proxy::cache::Cache;
 use letta_proxy::config::Config;
 use letta_proxy::standin::StandIn;
-use letta_proxy::Proxy;
+use letta_proxy::Gateway;
 use reqwest::header::HeaderMap;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -40,7 +40,7 @@ pub fn cache_config(backends: &[&StandIn], extra: &str) -> Config {
 /// One proxy instance with its cache in reach.
 pub struct Node {
     pub addr: SocketAddr,
-    pub proxy: Arc<Proxy>,
+    pub gateway: Gateway,
     pub cache: Arc<Cache>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), letta_proxy::ServeError>>,
@@ -50,24 +50,19 @@ impl Node {
     pub async fn start(config: Config) -> Node {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let proxy = Arc::new(Proxy::new(config));
-        let cache = Cache::start(
-            &proxy.config().cache,
-            proxy.metrics.registry(),
-            tokio_util::sync::CancellationToken::new(),
-        );
+        let gateway = Gateway::from_config(config).await.unwrap();
+        let cache = gateway.cache().expect("the cache is on").clone();
         let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(letta_proxy::server::serve_with_cache(
+        let task = tokio::spawn(letta_proxy::serve_gateway(
             listener,
-            proxy.clone(),
-            Some(cache.clone()),
+            gateway.clone(),
             async {
                 let _ = rx.await;
             },
         ));
         Node {
             addr,
-            proxy,
+            gateway,
             cache,
             stop: Some(tx),
             task,

@@ -7,12 +7,11 @@ pub mod redis;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use letta_proxy::config::{BackendConfig, Config};
 use letta_proxy::standin::StandIn;
-use letta_proxy::Proxy;
+use letta_proxy::Gateway;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -21,7 +20,7 @@ pub const AGENT: &str = "agent-00000000-0000-4000-8000-000000000001";
 /// A proxy serving on a free loopback port, stopped on drop.
 pub struct TestProxy {
     pub addr: SocketAddr,
-    pub proxy: Arc<Proxy>,
+    pub gateway: Gateway,
     stop: Option<oneshot::Sender<()>>,
     pub task: Option<JoinHandle<Result<(), letta_proxy::ServeError>>>,
 }
@@ -29,25 +28,31 @@ pub struct TestProxy {
 impl TestProxy {
     /// Starts a proxy for `config` (its `server.listen` is ignored).
     pub async fn start(config: Config) -> TestProxy {
-        TestProxy::start_proxy(Proxy::new(config)).await
+        TestProxy::start_gateway(Gateway::from_config(config).await.unwrap()).await
     }
 
     /// Starts a proxy that reloads from `path`.
     pub async fn start_with_path(config: Config, path: &std::path::Path) -> TestProxy {
-        TestProxy::start_proxy(Proxy::new(config).with_config_path(path)).await
+        let g = Gateway::from_file(config, path.to_path_buf())
+            .await
+            .unwrap();
+        TestProxy::start_gateway(g).await
     }
 
-    async fn start_proxy(proxy: Proxy) -> TestProxy {
+    async fn start_gateway(gateway: Gateway) -> TestProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let proxy = Arc::new(proxy);
         let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(letta_proxy::serve_proxy(listener, proxy.clone(), async {
-            let _ = rx.await;
-        }));
+        let task = tokio::spawn(letta_proxy::serve_gateway(
+            listener,
+            gateway.clone(),
+            async {
+                let _ = rx.await;
+            },
+        ));
         TestProxy {
             addr,
-            proxy,
+            gateway,
             stop: Some(tx),
             task: Some(task),
         }
@@ -67,7 +72,7 @@ impl TestProxy {
 
     /// In-flight count of backend `name` as the proxy sees it.
     pub fn in_flight(&self, name: &str) -> u64 {
-        let set = self.proxy.upstreams.load();
+        let set = self.gateway.upstreams().load();
         set.backends
             .iter()
             .find(|b| &*b.name == name)
@@ -77,8 +82,8 @@ impl TestProxy {
 
     /// Sum of in-flight counts over every backend.
     pub fn total_in_flight(&self) -> u64 {
-        self.proxy
-            .upstreams
+        self.gateway
+            .upstreams()
             .load()
             .backends
             .iter()

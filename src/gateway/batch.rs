@@ -16,7 +16,11 @@ use http_body_util::BodyExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::proxy::body::{InboundBody, ResponseBody};
+use axum::extract::State;
+use axum::response::{IntoResponse, Response as AxumResponse};
+
+use super::Gateway;
+use crate::body::InboundBody;
 use crate::proxy::ClientAddr;
 
 /// Largest sub-response body included in a batch answer.
@@ -39,21 +43,23 @@ struct SubRequest {
     body: Option<Value>,
 }
 
-fn fail(status: StatusCode, kind: &str, message: &str) -> Response<ResponseBody> {
-    let mut r = Response::new(ResponseBody::full(
-        json!({"error": {"kind": kind, "message": message}}).to_string(),
-    ));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
+fn fail(status: StatusCode, kind: &str, message: &str) -> AxumResponse {
+    super::endpoints::json(status, kind, message)
 }
 
 /// Answers a batch; `outer` is the batch request itself.
-pub async fn handle(stack: &super::Stack, outer: Request<InboundBody>) -> Response<ResponseBody> {
-    let limits = stack.proxy.config().limits.clone();
+pub(super) async fn handle(
+    State(g): State<Gateway>,
+    outer: axum::extract::Request,
+) -> AxumResponse {
+    if outer.method() != Method::POST {
+        return fail(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "POST /-/batch",
+        );
+    }
+    let limits = g.config().limits.clone();
     let (parts, body) = outer.into_parts();
     let Ok(collected) = http_body_util::Limited::new(body, 16 * 1024 * 1024)
         .collect()
@@ -95,8 +101,8 @@ pub async fn handle(stack: &super::Stack, outer: Request<InboundBody>) -> Respon
     let client = parts.extensions.get::<ClientAddr>().copied();
     let results: Vec<Value> = futures_util::stream::iter(batch.requests.into_iter().enumerate())
         .map(|(i, sub)| {
-            let (stack, identity) = (stack.clone(), identity.clone());
-            async move { run_one(&stack, i, sub, &identity, client).await }
+            let (g, identity) = (g.clone(), identity.clone());
+            async move { run_one(&g, i, sub, &identity, client).await }
         })
         .buffered(concurrency)
         .collect()
@@ -106,16 +112,11 @@ pub async fn handle(stack: &super::Stack, outer: Request<InboundBody>) -> Respon
         .filter(|r| r["status"].as_u64().is_some_and(|s| s < 400))
         .count();
     let answer = json!({"results": results, "succeeded": ok, "failed": results.len() - ok});
-    let mut r = Response::new(ResponseBody::full(answer.to_string()));
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
+    axum::Json(answer).into_response()
 }
 
 async fn run_one(
-    stack: &super::Stack,
+    g: &Gateway,
     index: usize,
     sub: SubRequest,
     identity: &HeaderMap,
@@ -172,7 +173,7 @@ async fn run_one(
     if let Some(c) = client {
         req.extensions_mut().insert(c);
     }
-    let resp = stack.dispatch(req).await;
+    let resp: Response<axum::body::Body> = g.dispatch(req).await;
     let status = resp.status().as_u16();
     let headers: serde_json::Map<String, Value> = resp
         .headers()

@@ -7,8 +7,6 @@
 //! `/undrain`, `PUT /-/strategy`, `POST /-/reload`, `POST /-/cache/purge`.
 //! With `admin.token` set, every call needs `Authorization: Bearer <token>`.
 
-use std::sync::Arc;
-
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -17,12 +15,12 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::reload;
+use super::control::ReloadError;
+use super::Gateway;
 use crate::config::BackendConfig;
-use crate::proxy::Proxy;
 
-/// The admin router for `proxy`.
-pub fn router(proxy: Arc<Proxy>) -> Router {
+/// The admin router of `g`.
+pub(super) fn router(g: Gateway) -> Router {
     Router::new()
         .route("/-/backends", get(list_backends).post(add_backend))
         .route("/-/backends/{name}", delete(remove_backend))
@@ -33,10 +31,10 @@ pub fn router(proxy: Arc<Proxy>) -> Router {
         .route("/-/cache/purge", post(purge_cache))
         .fallback(read_only)
         .layer(axum::middleware::from_fn_with_state(
-            proxy.clone(),
+            g.clone(),
             require_token,
         ))
-        .with_state(proxy)
+        .with_state(g)
 }
 
 /// Compares a presented token with the configured one in constant time: both
@@ -61,17 +59,11 @@ fn error(status: StatusCode, kind: &str, message: impl std::fmt::Display) -> Res
 }
 
 async fn require_token(
-    State(proxy): State<Arc<Proxy>>,
+    State(g): State<Gateway>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if let Some(token) = proxy
-        .config()
-        .admin
-        .token
-        .as_deref()
-        .filter(|t| !t.is_empty())
-    {
+    if let Some(token) = g.config().admin.token.as_deref().filter(|t| !t.is_empty()) {
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -95,16 +87,20 @@ async fn require_token(
 }
 
 /// Everything else: the read-only endpoints of the main listener.
-async fn read_only(State(proxy): State<Arc<Proxy>>, req: axum::extract::Request) -> Response {
-    match super::endpoints::answer(&proxy, &req) {
-        Some(resp) => resp.into_response(),
-        None => error(StatusCode::NOT_FOUND, "not_found", "unknown admin path"),
+async fn read_only(State(g): State<Gateway>, req: axum::extract::Request) -> Response {
+    let path = req.uri().path();
+    if path == "/metrics" {
+        return super::endpoints::metrics(State(g), req).await;
     }
+    if path.starts_with("/-/") {
+        return super::endpoints::answer(&g, path, req.method());
+    }
+    error(StatusCode::NOT_FOUND, "not_found", "unknown admin path")
 }
 
-async fn list_backends(State(proxy): State<Arc<Proxy>>) -> Response {
-    let now = proxy.upstreams.now_ns();
-    let set = proxy.upstreams.load();
+async fn list_backends(State(g): State<Gateway>) -> Response {
+    let now = g.upstreams().now_ns();
+    let set = g.upstreams().load();
     let list: Vec<_> = set
         .backends
         .iter()
@@ -125,12 +121,12 @@ async fn list_backends(State(proxy): State<Arc<Proxy>>) -> Response {
 }
 
 async fn add_backend(
-    State(proxy): State<Arc<Proxy>>,
+    State(g): State<Gateway>,
     headers: HeaderMap,
     Json(b): Json<BackendConfig>,
 ) -> Response {
     let name = b.name.clone();
-    let result = proxy.update(|c| {
+    let result = g.update(|c| {
         if c.backends.iter().any(|x| x.name == b.name) {
             return Err(format!("backend {:?} already exists", b.name));
         }
@@ -145,11 +141,11 @@ async fn add_backend(
 }
 
 async fn remove_backend(
-    State(proxy): State<Arc<Proxy>>,
+    State(g): State<Gateway>,
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
-    let result = proxy.update(|c| {
+    let result = g.update(|c| {
         let before = c.backends.len();
         c.backends.retain(|b| b.name != name);
         if c.backends.len() == before {
@@ -166,8 +162,8 @@ async fn remove_backend(
     }
 }
 
-fn set_draining(proxy: &Proxy, name: &str, draining: bool) -> Response {
-    let set = proxy.upstreams.load();
+fn set_draining(g: &Gateway, name: &str, draining: bool) -> Response {
+    let set = g.upstreams().load();
     match set.backends.iter().find(|b| &*b.name == name) {
         Some(b) => {
             b.set_draining(draining);
@@ -182,22 +178,18 @@ fn set_draining(proxy: &Proxy, name: &str, draining: bool) -> Response {
     }
 }
 
-async fn drain(
-    State(proxy): State<Arc<Proxy>>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-) -> Response {
+async fn drain(State(g): State<Gateway>, headers: HeaderMap, Path(name): Path<String>) -> Response {
     audit(&headers, "drain backend", &name);
-    set_draining(&proxy, &name, true)
+    set_draining(&g, &name, true)
 }
 
 async fn undrain(
-    State(proxy): State<Arc<Proxy>>,
+    State(g): State<Gateway>,
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
     audit(&headers, "undrain backend", &name);
-    set_draining(&proxy, &name, false)
+    set_draining(&g, &name, false)
 }
 
 #[derive(Deserialize)]
@@ -206,7 +198,7 @@ struct StrategyChange {
 }
 
 async fn set_strategy(
-    State(proxy): State<Arc<Proxy>>,
+    State(g): State<Gateway>,
     headers: HeaderMap,
     Json(s): Json<StrategyChange>,
 ) -> Response {
@@ -221,7 +213,7 @@ async fn set_strategy(
             )
         }
     };
-    match proxy.update(|c| {
+    match g.update(|c| {
         c.balancer.strategy = kind;
         Ok(())
     }) {
@@ -230,15 +222,13 @@ async fn set_strategy(
     }
 }
 
-async fn reload_config(State(proxy): State<Arc<Proxy>>, headers: HeaderMap) -> Response {
+async fn reload_config(State(g): State<Gateway>, headers: HeaderMap) -> Response {
     audit(&headers, "reload config", "");
-    match reload::reload(&proxy) {
+    match g.reload() {
         Ok(report) => Json(json!({"reloaded": report})).into_response(),
-        Err(reload::ReloadError::NoFile) => error(
-            StatusCode::CONFLICT,
-            "no_config_file",
-            reload::ReloadError::NoFile,
-        ),
+        Err(ReloadError::NoFile) => {
+            error(StatusCode::CONFLICT, "no_config_file", ReloadError::NoFile)
+        }
         Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_config", e),
     }
 }
@@ -253,7 +243,7 @@ struct Purge {
 }
 
 async fn purge_cache(
-    State(proxy): State<Arc<Proxy>>,
+    State(g): State<Gateway>,
     headers: HeaderMap,
     Json(p): Json<Purge>,
 ) -> Response {
@@ -264,13 +254,13 @@ async fn purge_cache(
     );
     match (p.id, p.prefix) {
         (Some(id), None) => {
-            Json(json!({"purged_id": id, "entries": proxy.purge_cache_id(&id).await}))
-                .into_response()
+            let entries = g.purge_cache_id(&id).await.unwrap_or(0);
+            Json(json!({"purged_id": id, "entries": entries})).into_response()
         }
-        (None, Some(prefix)) => Json(
-            json!({"purged_prefix": prefix, "entries": proxy.purge_cache_prefix(&prefix).await}),
-        )
-        .into_response(),
+        (None, Some(prefix)) => {
+            let entries = g.purge_cache_prefix(&prefix).await.unwrap_or(0);
+            Json(json!({"purged_prefix": prefix, "entries": entries})).into_response()
+        }
         _ => error(
             StatusCode::BAD_REQUEST,
             "bad_request",

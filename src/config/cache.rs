@@ -2,13 +2,13 @@
 //!
 //! Every key has a default (shown in `config/letta-proxy.toml`); unknown keys are
 //! errors. Rules are checked here once, so the request path only sees compiled,
-//! valid rules ([`super::policy::Rules`]).
+//! valid rules (`cache::policy`).
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::de_size;
+use super::de_size;
 
 /// `[cache]`: the response cache (in-process tier, optional shared Redis tier).
 #[derive(Debug, Clone, Serialize, Deserialize)]

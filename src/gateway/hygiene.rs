@@ -22,9 +22,76 @@
 //! 9112 §6.1), so bytes after the body can never be taken for a request. The
 //! proxy re-frames every body it forwards.
 
-use http::{header, HeaderMap, Request};
+use std::convert::Infallible;
+use std::future::{ready, Ready};
+use std::task::{Context, Poll};
 
+use axum::response::{IntoResponse, Response};
+use futures_util::future::Either;
+use http::{header, HeaderMap, HeaderValue, Request};
+use tower::{Layer, Service};
+
+use crate::config::SharedConfig;
 use crate::error::ProxyError;
+
+/// Refuses requests that break the rules below before anything routes them.
+#[derive(Clone)]
+pub struct HygieneLayer {
+    config: SharedConfig,
+}
+
+impl HygieneLayer {
+    pub fn new(config: SharedConfig) -> HygieneLayer {
+        HygieneLayer { config }
+    }
+}
+
+impl<S> Layer<S> for HygieneLayer {
+    type Service = Hygiene<S>;
+
+    fn layer(&self, inner: S) -> Hygiene<S> {
+        Hygiene {
+            inner,
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// The rules around `S`.
+#[derive(Clone)]
+pub struct Hygiene<S> {
+    inner: S,
+    config: SharedConfig,
+}
+
+impl<S, B> Service<Request<B>> for Hygiene<S>
+where
+    S: Service<Request<B>, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<Ready<Result<Response, Infallible>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let limit = self.config.load().server.max_header_size;
+        match check(&req, usize::try_from(limit).unwrap_or(usize::MAX)) {
+            Ok(()) => Either::Right(self.inner.call(req)),
+            Err(e) => {
+                tracing::debug!(error = %e, "request refused");
+                let mut resp = e.to_response().map(crate::body::Full::new).into_response();
+                // The rest of the connection cannot be trusted to be framed as
+                // the client meant.
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                Either::Left(ready(Ok(resp)))
+            }
+        }
+    }
+}
 
 /// Checks `req` against the rules above.
 pub fn check<B>(req: &Request<B>, max_header_size: usize) -> Result<(), ProxyError> {

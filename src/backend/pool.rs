@@ -20,7 +20,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::body::RequestBody;
+use crate::body::slot::RequestBody;
 
 /// Pool settings (from `[server]`).
 #[derive(Debug, Clone, Copy)]
@@ -138,11 +138,6 @@ impl Pool {
         if idle.len() < self.config.max_idle {
             idle.push(Idle { sender, since: now });
         }
-    }
-
-    /// Idle connections held now.
-    pub fn idle_count(&self) -> usize {
-        self.idle.lock().expect("pool lock poisoned").len()
     }
 }
 

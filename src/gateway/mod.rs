@@ -1,0 +1,242 @@
+//! The gateway: every part of the proxy assembled from one configuration, the
+//! axum [`Router`] that serves it, and the control plane that changes it.
+//!
+//! [`Gateway::router`] is what a client talks to: the proxy-owned paths
+//! (`/metrics`, `/-/healthy`, `/-/ready`, `/-/stats`, `/-/status`,
+//! `/-/batch`) are its routes, and everything else goes to a fallback service
+//! that is a `tower::ServiceBuilder` stack ([`stack`]):
+//!
+//! ```text
+//! request id (tower-http)   x-request-id kept or generated, returned
+//! sensitive headers         credentials marked so no log prints them
+//! ObserveLayer              classification, metrics, stats window, access log, 499
+//! LimitLayer                proxy-wide cap, per-agent / per-block write ordering
+//! CacheLayer                (only when the cache is on)
+//! Proxy                     balancing, per-backend caps and queue, pool, retries
+//! ```
+//!
+//! Around the whole router: refusal of ambiguous requests ([`hygiene`]) and
+//! catch-panic (a panic answers 500 for that request, nothing else).
+//!
+//! An application embeds the gateway by nesting the router in its own and
+//! adding its own layers (authentication, CORS, rate limits): see
+//! `examples/embed.rs`. [`crate::serve`] runs it standalone.
+//!
+//! The control plane ([`control`]): `apply`, `update` (admin edits) and
+//! `reload` (SIGHUP, the admin API, file watch) swap the configuration in
+//! force and tell every part.
+
+mod admin;
+mod batch;
+pub mod control;
+mod endpoints;
+pub mod hygiene;
+mod stack;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use arc_swap::ArcSwap;
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::Upstreams;
+use crate::cache::Cache;
+use crate::config::{Config, SharedConfig};
+use crate::limit::Limits;
+use crate::metrics::Metrics;
+use crate::observe::Recorder;
+use crate::proxy::Proxy;
+
+pub use control::{ReloadError, ReloadReport};
+
+/// Why a gateway could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// Every part of a running proxy. Cloning shares it.
+#[derive(Clone)]
+pub struct Gateway {
+    parts: Arc<Parts>,
+}
+
+pub(crate) struct Parts {
+    config: SharedConfig,
+    /// The file the config came from, for reloads.
+    config_path: Option<PathBuf>,
+    /// Serialises config changes (reload, admin edits) so none is lost.
+    changing: std::sync::Mutex<()>,
+    upstreams: Arc<Upstreams>,
+    metrics: Metrics,
+    recorder: Arc<Recorder>,
+    limits: Arc<Limits>,
+    cache: Option<Arc<Cache>>,
+    proxy: Proxy,
+    /// The stack, boxed once, for `/-/batch` sub-requests.
+    dispatch: OnceLock<stack::Dispatch>,
+    /// Where the admin API listens, once bound.
+    admin_addr: OnceLock<SocketAddr>,
+    /// Stops the background tasks (health probes, the cache's Redis tasks).
+    stop: CancellationToken,
+}
+
+impl Drop for Parts {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Gateway {
+    /// Builds every part for a validated `config` and starts the background
+    /// tasks (health probes; the cache's Redis connection and invalidation
+    /// channel). Must run inside a tokio runtime.
+    pub async fn from_config(config: Config) -> Result<Gateway, GatewayError> {
+        Gateway::build(config, None)
+    }
+
+    /// Like [`Gateway::from_config`], reloading from `path` (SIGHUP, `POST
+    /// /-/reload`, `admin.watch_config`).
+    pub async fn from_file(config: Config, path: PathBuf) -> Result<Gateway, GatewayError> {
+        Gateway::build(config, Some(path))
+    }
+
+    fn build(config: Config, config_path: Option<PathBuf>) -> Result<Gateway, GatewayError> {
+        config.validate().map_err(GatewayError::Invalid)?;
+        let metrics = Metrics::new();
+        let upstreams = Arc::new(Upstreams::new(&config, metrics.clone()));
+        let config = Arc::new(config);
+        let shared: SharedConfig = Arc::new(ArcSwap::from(config.clone()));
+        let stop = CancellationToken::new();
+        let cache = config
+            .cache
+            .enabled
+            .then(|| Cache::start(&config.cache, metrics.registry(), stop.child_token()));
+        if let Some(c) = &cache {
+            c.follow(&config);
+        }
+        let recorder = Arc::new(Recorder {
+            config: shared.clone(),
+            metrics: metrics.clone(),
+            window: Default::default(),
+            upstreams: upstreams.clone(),
+        });
+        let parts = Parts {
+            limits: Limits::new(shared.clone(), metrics.clone()),
+            proxy: Proxy::new(upstreams.clone(), metrics.clone(), config.clone()),
+            config: shared.clone(),
+            config_path,
+            changing: std::sync::Mutex::new(()),
+            upstreams: upstreams.clone(),
+            metrics: metrics.clone(),
+            recorder,
+            cache,
+            dispatch: OnceLock::new(),
+            admin_addr: OnceLock::new(),
+            stop,
+        };
+        // Health probes read the config in force at every round.
+        crate::health::spawn(upstreams, shared, parts.stop.child_token());
+        metrics.last_reload_success.set(control::unix_now());
+        Ok(Gateway {
+            parts: Arc::new(parts),
+        })
+    }
+
+    /// The router clients talk to: the proxy-owned paths and, for everything
+    /// else, the forwarding stack. Nest it in an application's router to embed
+    /// the gateway (`Router::new().nest("/letta", gateway.router())`).
+    pub fn router(&self) -> Router {
+        stack::router(self, self.parts.proxy.clone())
+    }
+
+    /// The gateway's router and layers around `inner` instead of the proxy:
+    /// the proxy-owned paths, hygiene, catch-panic, request ids, observation,
+    /// limits and the cache in front of any service (a test double, or an
+    /// application's own handler of Letta's API).
+    pub fn router_over<S, B>(&self, inner: S) -> Router
+    where
+        S: tower::Service<
+                http::Request<crate::body::InboundBody>,
+                Response = http::Response<B>,
+                Error = std::convert::Infallible,
+            > + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + Unpin + 'static,
+        B: http_body::Body<Data = bytes::Bytes, Error = crate::body::BoxError>
+            + From<crate::body::Full>
+            + Send
+            + Unpin
+            + 'static,
+    {
+        stack::router(self, inner)
+    }
+
+    /// The admin API (`server.admin_listen`): backends, drain, strategy,
+    /// reload, cache purge, and the read-only paths of [`Gateway::router`].
+    pub fn admin_router(&self) -> Router {
+        admin::router(self.clone())
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.parts.config.load_full()
+    }
+
+    /// The backends and their live state.
+    pub fn upstreams(&self) -> &Arc<Upstreams> {
+        &self.parts.upstreams
+    }
+
+    /// The Prometheus families of this gateway.
+    pub fn metrics(&self) -> &Metrics {
+        &self.parts.metrics
+    }
+
+    /// The response cache, when enabled.
+    pub fn cache(&self) -> Option<&Arc<Cache>> {
+        self.parts.cache.as_ref()
+    }
+
+    /// The file the config is reloaded from, if any.
+    pub fn config_path(&self) -> Option<&PathBuf> {
+        self.parts.config_path.as_ref()
+    }
+
+    /// Agents and blocks with writes running or waiting now.
+    pub fn agents_being_written(&self) -> usize {
+        self.parts.limits.agents_being_written()
+    }
+
+    /// Records where the admin API listens.
+    pub fn set_admin_addr(&self, addr: SocketAddr) {
+        let _ = self.parts.admin_addr.set(addr);
+    }
+
+    /// Where the admin API listens, once bound.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.parts.admin_addr.get().copied()
+    }
+
+    /// The `/-/stats` figures.
+    pub fn stats(&self) -> crate::stats::Snapshot {
+        let p = &self.parts;
+        crate::stats::snapshot(&p.upstreams, &p.recorder.window, &p.metrics)
+    }
+
+    /// Stops the background tasks (health probes, the cache's Redis tasks).
+    /// Requests in flight are not affected.
+    pub fn shutdown(&self) {
+        self.parts.stop.cancel();
+    }
+
+    /// A token cancelled when the gateway shuts down, for tasks tied to it.
+    pub fn stopped(&self) -> CancellationToken {
+        self.parts.stop.child_token()
+    }
+}
