@@ -195,7 +195,7 @@ impl Metrics {
                 prometheus::process_collector::ProcessCollector::for_self(),
             ))
             .expect("process collector registers once");
-        Metrics {
+        let metrics = Metrics {
             registry,
             request_duration,
             active_requests,
@@ -212,6 +212,29 @@ impl Metrics {
             backend_healthy,
             reloads,
             last_reload_success,
+        };
+        metrics.preinitialise_labels();
+        metrics
+    }
+
+    /// Creates the series of every known label value at zero. A series that first
+    /// appears at its first increment hides that increment from `rate()` and
+    /// `increase()`, so an alert on the first shed request, retry or failed reload
+    /// would never fire, and dashboards would show "no data" instead of 0.
+    fn preinitialise_labels(&self) {
+        for result in ["success", "failure"] {
+            self.reloads.with_label_values(&[result]);
+        }
+        for reason in [
+            "queue_full",
+            "queue_timeout",
+            "global_limit",
+            "agent_write_timeout",
+        ] {
+            self.rejections.with_label_values(&[reason]);
+        }
+        for reason in ["connect", "status", "timeout", "error"] {
+            self.retries.with_label_values(&[reason]);
         }
     }
 
