@@ -136,10 +136,8 @@ async fn probe(url: &str) -> anyhow::Result<http::StatusCode> {
         uri.scheme_str() == Some("http") && uri.host().is_some(),
         "expected an http://host:port/path URL"
     );
-    let client = hyper_util::client::legacy::Client::builder(
-        hyper_util::rt::TokioExecutor::new(),
-    )
-    .build_http::<Empty<bytes::Bytes>>();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<bytes::Bytes>>();
     let req = http::Request::get(uri)
         .header(http::header::USER_AGENT, "letta-proxy-health")
         .body(Empty::new())
@@ -147,7 +145,10 @@ async fn probe(url: &str) -> anyhow::Result<http::StatusCode> {
     let resp = client.request(req).await.context("request failed")?;
     let status = resp.status();
     // Read the body to its end, so a server that breaks mid-answer fails the probe.
-    resp.into_body().collect().await.context("reading the body")?;
+    resp.into_body()
+        .collect()
+        .await
+        .context("reading the body")?;
     Ok(status)
 }
 

@@ -84,7 +84,11 @@ fn host_path(svc: &Value, container: &str) -> Option<PathBuf> {
         let rest = container.strip_prefix(dst)?;
         let rest = rest.trim_start_matches('/');
         let base = root().join(&src[2..]);
-        Some(if rest.is_empty() { base } else { base.join(rest) })
+        Some(if rest.is_empty() {
+            base
+        } else {
+            base.join(rest)
+        })
     })
 }
 
@@ -127,7 +131,11 @@ fn the_compose_file_matches_the_compose_specification() {
         return;
     };
     let out = run(Command::new(cj)
-        .args(["--builtin-schema", "vendor.compose-spec", "docker-compose.yml"])
+        .args([
+            "--builtin-schema",
+            "vendor.compose-spec",
+            "docker-compose.yml",
+        ])
         .current_dir(root()));
     assert!(
         out.status.success(),
@@ -148,7 +156,10 @@ fn every_config_file_checks_with_the_compose_environment() {
     let c = compose(&py, &compose_vars()).unwrap();
     let svc = service(&c, "letta-proxy");
     let env = container_env(svc);
-    assert_eq!(env.get("LETTA_PROXY__ADMIN__TOKEN").map(String::as_str), Some(TOKEN));
+    assert_eq!(
+        env.get("LETTA_PROXY__ADMIN__TOKEN").map(String::as_str),
+        Some(TOKEN)
+    );
     // The file the container is started with, found through the bind mount.
     let args: Vec<&str> = svc["command"]
         .as_array()
@@ -156,10 +167,16 @@ fn every_config_file_checks_with_the_compose_environment() {
         .iter()
         .map(|a| a.as_str().unwrap())
         .collect();
-    let i = args.iter().position(|a| *a == "--config").expect("--config");
+    let i = args
+        .iter()
+        .position(|a| *a == "--config")
+        .expect("--config");
     let started_with = host_path(svc, args[i + 1]).expect("--config lies in a bind mount");
     assert!(started_with.is_file(), "{}", started_with.display());
-    let (code, out, err) = proxy(&["--config", started_with.to_str().unwrap(), "--check"], &env);
+    let (code, out, err) = proxy(
+        &["--config", started_with.to_str().unwrap(), "--check"],
+        &env,
+    );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("listen 0.0.0.0:8300"), "{out}");
 
@@ -172,7 +189,11 @@ fn every_config_file_checks_with_the_compose_environment() {
         let (code, out, err) = proxy(&["--config", p.to_str().unwrap(), "--check"], &env);
         assert_eq!(code, 0, "{}: {err}", p.display());
         // The image listens on all interfaces whatever the file says.
-        assert!(out.contains("listen 0.0.0.0:8300"), "{}: {out}", p.display());
+        assert!(
+            out.contains("listen 0.0.0.0:8300"),
+            "{}: {out}",
+            p.display()
+        );
         checked += 1;
     }
     assert!(checked >= 3, "config/*.toml checked: {checked}");
@@ -180,7 +201,10 @@ fn every_config_file_checks_with_the_compose_environment() {
     // The environment is what makes compose.toml valid: without the token it is not.
     let mut bare = env.clone();
     bare.remove("LETTA_PROXY__ADMIN__TOKEN");
-    let (code, _, err) = proxy(&["--config", started_with.to_str().unwrap(), "--check"], &bare);
+    let (code, _, err) = proxy(
+        &["--config", started_with.to_str().unwrap(), "--check"],
+        &bare,
+    );
     assert_eq!(code, 2, "without the token: {err}");
     assert!(err.contains("admin.token"), "{err}");
 }
@@ -194,11 +218,8 @@ fn docker_stops_the_proxy_only_after_its_shutdown_grace() {
     let svc = service(&c, "letta-proxy");
     let stop = duration(str_at(svc, "/stop_grace_period"));
     let env: Vec<(String, String)> = container_env(svc).into_iter().collect();
-    let cfg = letta_proxy::Config::load(
-        Some(&root().join("config/compose.toml")),
-        env.into_iter(),
-    )
-    .unwrap();
+    let cfg = letta_proxy::Config::load(Some(&root().join("config/compose.toml")), env.into_iter())
+        .unwrap();
     assert!(
         stop >= cfg.server.shutdown_grace + std::time::Duration::from_secs(5),
         "stop_grace_period {stop:?} must exceed shutdown_grace {:?} by a margin",
@@ -244,15 +265,9 @@ fn the_proxy_starts_with_one_healthy_replica_and_mounts_the_config_folder() {
     let src = root().join(mount.split(':').next().unwrap().trim_start_matches("./"));
     assert!(src.is_dir(), "{mount}: mount the folder, not a file");
     let env: Vec<(String, String)> = container_env(svc).into_iter().collect();
-    let cfg = letta_proxy::Config::load(
-        Some(&root().join("config/compose.toml")),
-        env.into_iter(),
-    )
-    .unwrap();
-    assert!(
-        cfg.admin.watch_config,
-        "compose.toml should reload on save"
-    );
+    let cfg = letta_proxy::Config::load(Some(&root().join("config/compose.toml")), env.into_iter())
+        .unwrap();
+    assert!(cfg.admin.watch_config, "compose.toml should reload on save");
 }
 
 /// The healthcheck's exact command, run with the binary against a real proxy
@@ -272,7 +287,10 @@ async fn the_compose_healthcheck_command_reports_readiness() {
         .collect();
     assert_eq!(test[0], "CMD", "exec form: the image has no shell tools");
     assert_eq!(test[1], "letta-proxy");
-    assert!(test.iter().any(|a| a.contains("127.0.0.1:8300")), "{test:?}");
+    assert!(
+        test.iter().any(|a| a.contains("127.0.0.1:8300")),
+        "{test:?}"
+    );
 
     let backend = letta_proxy::standin::StandIn::start("b").await.unwrap();
     let mut config = letta_proxy::Config::default();
@@ -343,7 +361,12 @@ fn prometheus_config_and_its_rules_pass_promtool() {
     let dir = tempfile::tempdir().unwrap();
     let text = std::fs::read_to_string(&cfg_path).unwrap();
     let mut rules = 0;
-    for m in svc["volumes"].as_array().unwrap().iter().filter_map(|v| v.as_str()) {
+    for m in svc["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+    {
         let mut parts = m.split(':');
         let (src, dst) = (parts.next().unwrap(), parts.next().unwrap());
         if let Some(rel) = dst.strip_prefix("/etc/prometheus/rules/") {
@@ -352,8 +375,14 @@ fn prometheus_config_and_its_rules_pass_promtool() {
             rules += 1;
         }
     }
-    assert!(rules >= 1, "the alert rules are mounted where rule_files looks");
-    let local = text.replace("/etc/prometheus/rules/", &format!("{}/rules/", dir.path().display()));
+    assert!(
+        rules >= 1,
+        "the alert rules are mounted where rule_files looks"
+    );
+    let local = text.replace(
+        "/etc/prometheus/rules/",
+        &format!("{}/rules/", dir.path().display()),
+    );
     assert_ne!(local, text, "rule_files points at /etc/prometheus/rules/");
     let p = dir.path().join("prometheus.yml");
     std::fs::write(&p, local).unwrap();
@@ -364,7 +393,10 @@ fn prometheus_config_and_its_rules_pass_promtool() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "promtool check config: {all}");
-    assert!(all.contains("alerts.yml") && all.contains("SUCCESS"), "{all}");
+    assert!(
+        all.contains("alerts.yml") && all.contains("SUCCESS"),
+        "{all}"
+    );
 }
 
 #[test]
@@ -389,7 +421,10 @@ fn grafana_provisioning_points_at_the_mounted_dashboard() {
     // The dashboard's panels use the provisioned data source's uid.
     let uid = str_at(&ds, "/datasources/0/uid");
     let text = std::fs::read_to_string(&dash).unwrap();
-    assert!(text.contains(uid), "dashboard refers to data source uid {uid}");
+    assert!(
+        text.contains(uid),
+        "dashboard refers to data source uid {uid}"
+    );
 }
 
 #[test]
@@ -415,6 +450,10 @@ fn no_deployment_file_names_a_folder_outside_the_repository() {
     }
     for f in files {
         let text = std::fs::read_to_string(&f).unwrap_or_default();
-        assert!(!text.contains("../shared"), "{} names ../shared", f.display());
+        assert!(
+            !text.contains("../shared"),
+            "{} names ../shared",
+            f.display()
+        );
     }
 }
