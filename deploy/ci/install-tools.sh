@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the deployment tests (tests/deploy_*.rs) need, on a fresh Debian machine:
-#   promtool and prometheus (Debian package `prometheus`), wrk (Debian),
+#   promtool and prometheus (Debian package `prometheus`),
 #   check-jsonschema, kubernetes-validate and PyYAML (PyPI, in a virtualenv),
 #   docker-compose 1.29.2 (PyPI, in its own virtualenv: it pins an old PyYAML).
 # Versions are pinned so a new release cannot change what CI checks.
@@ -12,8 +12,7 @@ mkdir -p "$DIR"
 
 missing=()
 command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
-command -v wrk >/dev/null 2>&1 || missing+=(wrk)
-command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-venv)
+python3 -c "import venv, ensurepip" >/dev/null 2>&1 || missing+=(python3 python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} (apt)"
   apt-get update -qq
