@@ -218,8 +218,7 @@ fn docker_stops_the_proxy_only_after_its_shutdown_grace() {
     let svc = service(&c, "letta-proxy");
     let stop = duration(str_at(svc, "/stop_grace_period"));
     let env: Vec<(String, String)> = container_env(svc).into_iter().collect();
-    let cfg = letta_proxy::Config::load(Some(&root().join("config/compose.toml")), env.into_iter())
-        .unwrap();
+    let cfg = letta_proxy::Config::load(Some(&root().join("config/compose.toml")), env).unwrap();
     assert!(
         stop >= cfg.server.shutdown_grace + std::time::Duration::from_secs(5),
         "stop_grace_period {stop:?} must exceed shutdown_grace {:?} by a margin",
@@ -265,8 +264,7 @@ fn the_proxy_starts_with_one_healthy_replica_and_mounts_the_config_folder() {
     let src = root().join(mount.split(':').next().unwrap().trim_start_matches("./"));
     assert!(src.is_dir(), "{mount}: mount the folder, not a file");
     let env: Vec<(String, String)> = container_env(svc).into_iter().collect();
-    let cfg = letta_proxy::Config::load(Some(&root().join("config/compose.toml")), env.into_iter())
-        .unwrap();
+    let cfg = letta_proxy::Config::load(Some(&root().join("config/compose.toml")), env).unwrap();
     assert!(cfg.admin.watch_config, "compose.toml should reload on save");
 }
 
