@@ -20,7 +20,7 @@ use bytes::Bytes;
 use criterion::Criterion;
 use http::{HeaderMap, Method, Request, Response};
 use http_body_util::BodyExt;
-use letta_proxy::cache::key::{self, Domain, Vary};
+use letta_proxy::cache::key::{self, Domain, HeaderRules};
 use letta_proxy::cache::{Cache, CacheConfig};
 use letta_proxy::proxy::body::{InboundBody, ResponseBody};
 use tower::{Layer, Service, ServiceExt};
@@ -52,7 +52,8 @@ fn sdk_headers() -> HeaderMap {
 }
 
 fn bench_key(c: &mut Criterion) {
-    let vary = Vary::new(&CacheConfig::default().vary_headers);
+    let config = CacheConfig::default();
+    let rules = HeaderRules::new(&config.vary_headers, &config.ignore_headers);
     let headers = sdk_headers();
     let method = Method::GET;
     c.bench_function("cache/key", |b| {
@@ -63,9 +64,10 @@ fn bench_key(c: &mut Criterion) {
                 black_box(AGENT_PATH),
                 black_box(Some("include=agent.blocks&limit=10")),
                 &headers,
-                &vary,
+                &rules,
                 None,
             )
+            .expect("SDK headers are all keyed or ignored")
         })
     });
 }

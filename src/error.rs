@@ -17,6 +17,9 @@ pub enum ProxyError {
     /// The request cannot be forwarded as it is (bad URI, bad header).
     #[error("malformed request: {0}")]
     BadRequest(&'static str),
+    /// The request's headers are larger than `server.max_header_size`.
+    #[error("request headers larger than {limit} bytes")]
+    HeadersTooLarge { limit: usize },
     /// The request body is larger than `server.max_body_size`.
     #[error("request body larger than {limit} bytes")]
     BodyTooLarge { limit: u64 },
@@ -57,6 +60,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::NoBackend | ProxyError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -68,6 +72,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::BodyTooLarge { .. } => "body_too_large",
+            ProxyError::HeadersTooLarge { .. } => "headers_too_large",
             ProxyError::NoBackend => "no_backend",
             ProxyError::Overloaded(_) => "overloaded",
             ProxyError::Connect { .. } => "upstream_unreachable",

@@ -29,6 +29,9 @@
 //! - [`health`]: active probes (threshold state machine + scheduler) and
 //!   passive outlier ejection.
 //! - [`balance`]: the selection strategies behind one small, pure trait.
+//! - [`identity`]: which request headers say who is asking and which shape the
+//!   answer, derived from Letta's source: one list for the cache key, the
+//!   batch endpoint and the logs.
 //! - [`error`]: the errors the proxy answers with and their one status mapping.
 //! - [`config`]: the TOML file, environment overrides, validation.
 //! - [`metrics`]: the Prometheus families.
@@ -46,6 +49,7 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod health;
+pub mod identity;
 pub mod limit;
 pub mod metrics;
 pub mod proxy;

@@ -223,3 +223,47 @@ async fn the_proxy_wide_cap_sheds_at_once() {
         200
     );
 }
+
+#[tokio::test]
+async fn the_proxy_wide_cap_holds_across_a_reload() {
+    let s = standins(1).await;
+    let mut cfg = config_for(&[&s[0]], "round_robin");
+    cfg.limits.max_in_flight = 3;
+    let proxy = TestProxy::start(cfg.clone()).await;
+    let c = client();
+    let held: Vec<_> = (0..3)
+        .map(|i| {
+            let c = c.clone();
+            let url = proxy.url(&format!("/v1/agents/{}?delay_ms=1500", agent(i)));
+            tokio::spawn(async move { c.get(url).send().await.unwrap().status() })
+        })
+        .collect();
+    eventually(Duration::from_secs(5), "three in flight", || async {
+        s[0].stats.active() == 3
+    })
+    .await;
+    // A reload (same cap) must not forget the three requests in flight.
+    proxy.proxy.apply(cfg.clone());
+    let r = c.get(proxy.url("/v1/agents/")).send().await.unwrap();
+    assert_eq!(
+        r.status(),
+        503,
+        "the cap still counts requests from before the reload"
+    );
+    // A reload that raises the cap by one admits exactly one more.
+    cfg.limits.max_in_flight = 4;
+    proxy.proxy.apply(cfg);
+    let c2 = c.clone();
+    let fourth_url = proxy.url(&format!("/v1/agents/{}?delay_ms=1500", agent(3)));
+    let fourth = tokio::spawn(async move { c2.get(fourth_url).send().await.unwrap().status() });
+    eventually(Duration::from_secs(5), "four in flight", || async {
+        s[0].stats.active() == 4
+    })
+    .await;
+    let r = c.get(proxy.url("/v1/agents/")).send().await.unwrap();
+    assert_eq!(r.status(), 503, "3 from before + 1 = the new cap");
+    for h in held {
+        assert_eq!(h.await.unwrap(), 200);
+    }
+    assert_eq!(fourth.await.unwrap(), 200);
+}

@@ -75,16 +75,38 @@ async fn callers_never_share_an_entry() {
     let s = standins(1).await;
     let n = Node::start(cache_config(&[&s[0]], "")).await;
     let path = format!("/v1/agents/{A}");
-    let identities: [&[(&str, &str)]; 7] = [
+    // Every header Letta 0.16.8 reads to decide who is asking, and the ones
+    // that shape its answer (src/identity.rs).
+    let identities: [&[(&str, &str)]; 16] = [
         &[],
         &[("authorization", "Bearer alice")],
         &[("authorization", "Bearer bob")],
+        // Letta accepts the password in either header: both are credentials.
+        &[("x-bare-password", "password alice")],
+        &[("x-bare-password", "password bob")],
+        &[("cookie", "session=alice")],
+        &[("proxy-authorization", "Basic YWxpY2U6")],
+        &[("x-organization-id", "org-1")],
         &[("authorization", "Bearer alice"), ("user_id", "user-1")],
         &[("authorization", "Bearer alice"), ("x-project", "p1")],
         &[("authorization", "Bearer alice"), ("x-project-id", "p2")],
         &[
             ("authorization", "Bearer alice"),
             ("user-agent", "Letta/Python 1.12"),
+        ],
+        &[
+            ("authorization", "Bearer alice"),
+            ("x-stainless-package-version", "1.12.1"),
+        ],
+        &[("authorization", "Bearer alice"), ("storage_unit", "MB")],
+        // Letta reads the first of two values: another caller.
+        &[
+            ("authorization", "Bearer bob"),
+            ("authorization", "Bearer alice"),
+        ],
+        &[
+            ("authorization", "Bearer alice"),
+            ("authorization", "Bearer bob"),
         ],
     ];
     let mut seqs = Vec::new();
@@ -106,6 +128,108 @@ async fn callers_never_share_an_entry() {
         );
     }
     assert_eq!(calls(&s[0], &path), identities.len());
+}
+
+#[tokio::test]
+async fn an_answer_given_for_a_password_is_never_served_without_it() {
+    // The attack of issue 12: a read with X-BARE-PASSWORD fills the cache, the
+    // same read without credentials must not be answered from it.
+    let s = standins(1).await;
+    let n = Node::start(cache_config(&[&s[0]], "")).await;
+    let path = format!("/v1/agents/{A}");
+    let r = n.get(&path, &[("x-bare-password", "password pw")]).await;
+    assert_eq!(r.x_cache(), "MISS");
+    assert_eq!(
+        n.get(&path, &[("x-bare-password", "password pw")])
+            .await
+            .x_cache(),
+        "HIT"
+    );
+    for other in [
+        &[][..],
+        &[("x-bare-password", "password wrong")][..],
+        &[("authorization", "Bearer wrong")][..],
+        &[("authorization", "Bearer pw")][..],
+    ] {
+        let r = n.get(&path, other).await;
+        assert_eq!(r.x_cache(), "MISS", "{other:?} must reach the backend");
+    }
+    assert_eq!(calls(&s[0], &path), 5);
+}
+
+#[tokio::test]
+async fn a_header_the_key_cannot_place_skips_the_cache() {
+    let s = standins(1).await;
+    let n = Node::start(cache_config(&[&s[0]], "")).await;
+    let path = "/v1/tools/";
+    n.get(path, &[]).await;
+    // An unknown header might change the answer: not looked up, not stored.
+    for _ in 0..2 {
+        let r = n.get(path, &[("x-tenant", "acme")]).await;
+        assert_eq!((r.status, r.x_cache()), (200, "BYPASS"));
+    }
+    assert_eq!(calls(&s[0], path), 3);
+    assert_eq!(
+        n.metric("letta_proxy_cache_requests_total{outcome=\"unkeyed\"}")
+            .await,
+        2.0
+    );
+    // Known-harmless headers (tracing, the SDK's retry counter) do not.
+    let r = n
+        .get(
+            path,
+            &[
+                (
+                    "traceparent",
+                    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                ),
+                ("x-stainless-retry-count", "2"),
+            ],
+        )
+        .await;
+    assert_eq!(r.x_cache(), "HIT");
+    // Configured ones neither.
+    let s2 = standins(1).await;
+    let n2 = Node::start(cache_config(&[&s2[0]], "ignore_headers = [\"x-tenant\"]\n")).await;
+    n2.get(path, &[("x-tenant", "acme")]).await;
+    assert_eq!(
+        n2.get(path, &[("x-tenant", "other")]).await.x_cache(),
+        "HIT"
+    );
+}
+
+#[tokio::test]
+async fn refusals_are_never_stored_and_never_invalidate() {
+    let s = standins(1).await;
+    let n = Node::start(cache_config(&[&s[0]], "")).await;
+    let path = format!("/v1/agents/{A}");
+    // A 401 or 403 from the backend is not kept: the next call asks again.
+    for status in [401, 403] {
+        let p = format!("{path}?status={status}");
+        for _ in 0..2 {
+            let r = n.get(&p, &[]).await;
+            assert_eq!((r.status, r.x_cache()), (status, "MISS"));
+        }
+        assert_eq!(calls(&s[0], &p), 2);
+    }
+    // A refused write leaves what is cached alone.
+    n.get(&path, &[]).await;
+    for status in [401, 403] {
+        let r = n
+            .send(
+                Method::PATCH,
+                &format!("{path}?status={status}"),
+                &[],
+                Some("{\"name\":\"x\"}"),
+            )
+            .await;
+        assert_eq!(r.status, status);
+        assert_eq!(
+            n.get(&path, &[]).await.x_cache(),
+            "HIT",
+            "after a {status} write"
+        );
+    }
 }
 
 #[tokio::test]
@@ -164,7 +288,7 @@ async fn what_the_backend_forbids_or_fails_is_not_stored() {
         "/v1/tools/?cache_control=no-store",
         "/v1/tools/?cache_control=private",
         "/v1/tools/?cache_control=max-age%3D0",
-        "/v1/tools/?vary=Cookie",
+        "/v1/tools/?vary=X-Tenant",
         "/v1/tools/?status=404",
         "/v1/tools/?status=500",
         &big,

@@ -1,4 +1,4 @@
-//! A backend's base URL, parsed once: `http://host:port`.
+//! A backend's base URL, parsed once: `http://host[:port]` (port 80 when absent).
 
 use http::uri::{Authority, Scheme};
 use http::Uri;
@@ -11,12 +11,21 @@ pub struct BackendUrl {
 }
 
 impl BackendUrl {
-    /// Parses `http://host[:port][/]`. HTTPS and paths are refused: the proxy
-    /// speaks plain HTTP/1.1 to Letta replicas on a private network.
+    /// Parses `http://host[:port][/]`; without a port, 80. The authority kept
+    /// always names the port, so it can be connected to as it is. HTTPS and
+    /// paths are refused: the proxy speaks plain HTTP/1.1 to Letta replicas on a
+    /// private network.
     pub fn parse(s: &str) -> Result<BackendUrl, String> {
         let uri: Uri = s.parse().map_err(|e| format!("not a URL: {e}"))?;
         match uri.scheme_str() {
             Some("http") => {}
+            Some("https") => {
+                return Err(
+                    "https:// backends are not supported yet: TLS to backends is \
+                            not built; use http:// on a private network"
+                        .into(),
+                )
+            }
             Some(other) => return Err(format!("scheme {other:?} is not supported (use http://)")),
             None => return Err("missing scheme (use http://host:port)".into()),
         }
@@ -35,6 +44,12 @@ impl BackendUrl {
                 ))
             }
         }
+        let authority = match authority.port_u16() {
+            Some(_) => authority,
+            None => format!("{}:80", authority.host())
+                .parse()
+                .map_err(|e| format!("invalid host: {e}"))?,
+        };
         Ok(BackendUrl {
             scheme: Scheme::HTTP,
             authority,
@@ -59,5 +74,17 @@ mod tests {
         ] {
             assert!(BackendUrl::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_missing_port_is_80() {
+        let u = BackendUrl::parse("http://letta").unwrap();
+        assert_eq!(u.authority.as_str(), "letta:80");
+        let u = BackendUrl::parse("http://[::1]/").unwrap();
+        assert_eq!(u.authority.as_str(), "[::1]:80");
+        let u = BackendUrl::parse("http://letta:8283").unwrap();
+        assert_eq!(u.authority.as_str(), "letta:8283");
+        let e = BackendUrl::parse("https://letta:443").unwrap_err();
+        assert!(e.contains("not supported yet"), "{e}");
     }
 }

@@ -7,10 +7,10 @@
 use std::fmt;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Which selection algorithm to use (`[balancer] strategy`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StrategyKind {
     /// Weighted round robin: exact shares, ignores load.
@@ -46,7 +46,7 @@ impl fmt::Display for StrategyKind {
 }
 
 /// `[balancer]`: the strategy and its options.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BalancerConfig {
     /// The selection algorithm.

@@ -6,12 +6,12 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::de_size;
 
 /// `[cache]`: the response cache (in-process tier, optional shared Redis tier).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
     pub enabled: bool,
@@ -30,6 +30,13 @@ pub struct CacheConfig {
     /// Letta shapes responses by SDK version, CORS by `Origin`. A trailing `*`
     /// matches a prefix (`x-experimental-*`).
     pub vary_headers: Vec<String>,
+    /// More request headers known not to change an answer, besides the
+    /// built-in ones ([`crate::identity::IGNORED`]: transport, tracing, browser
+    /// chatter, the SDK's retry counter). A request carrying a header that is
+    /// neither identity, `vary_headers` nor ignored is not answered from the
+    /// cache: nobody can say it would get the same answer. (To key on a
+    /// built-in ignored header, list it in `vary_headers`.)
+    pub ignore_headers: Vec<String>,
     /// Route rules, first match wins; requests no rule matches use `ttl`.
     pub rules: Vec<CacheRule>,
     /// Answer a block write identical to the last one (same caller, same block,
@@ -68,7 +75,7 @@ pub struct CacheConfig {
 }
 
 /// One `[[cache.rules]]` entry.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CacheRule {
     /// Path glob: `*` matches one segment, `**` any number (including none).
@@ -93,17 +100,14 @@ fn yes() -> bool {
     true
 }
 
-/// Default `vary_headers`: what Letta 0.16 and its CORS layer read from a request
-/// (besides identity) when shaping an answer.
-pub const DEFAULT_VARY: &[&str] = &[
-    "user-agent",
-    "accept",
-    "accept-encoding",
-    "origin",
-    "x-stainless-package-version",
-    "x-letta-source",
-    "x-experimental-*",
-];
+/// Default `vary_headers`: what Letta 0.16.8 and its CORS layer read from a
+/// request (besides identity) when shaping an answer; see [`crate::identity::SHAPE`].
+pub fn default_vary() -> Vec<String> {
+    crate::identity::SHAPE
+        .iter()
+        .map(|(n, _)| n.to_string())
+        .collect()
+}
 
 fn off(path: &str) -> CacheRule {
     CacheRule {
@@ -149,7 +153,8 @@ impl Default for CacheConfig {
             redis_url: None,
             max_bytes: 64 * 1024 * 1024,
             max_entry_size: 1024 * 1024,
-            vary_headers: DEFAULT_VARY.iter().map(|s| s.to_string()).collect(),
+            vary_headers: default_vary(),
+            ignore_headers: Vec::new(),
             rules: default_rules(),
             suppress_unchanged_writes: false,
             suppress_ttl: Duration::from_secs(300),
@@ -198,14 +203,33 @@ impl CacheConfig {
             redis::Client::open(url.as_str())
                 .map_err(|e| format!("cache.redis_url {url:?}: {e}"))?;
         }
-        for (i, h) in self.vary_headers.iter().enumerate() {
-            let name = h.strip_suffix('*').unwrap_or(h);
-            if name.is_empty()
-                || http::HeaderName::from_bytes(name.as_bytes()).is_err()
-                || name.bytes().any(|b| b.is_ascii_uppercase())
-            {
+        for (key, list) in [
+            ("vary_headers", &self.vary_headers),
+            ("ignore_headers", &self.ignore_headers),
+        ] {
+            for (i, h) in list.iter().enumerate() {
+                let name = h.strip_suffix('*').unwrap_or(h);
+                if name.is_empty()
+                    || http::HeaderName::from_bytes(name.as_bytes()).is_err()
+                    || name.bytes().any(|b| b.is_ascii_uppercase())
+                {
+                    return Err(format!(
+                        "cache.{key}[{i}] {h:?} must be a lowercase header name (a trailing * matches a prefix)"
+                    ));
+                }
+            }
+        }
+        for (i, h) in self.ignore_headers.iter().enumerate() {
+            // A prefix that covers a credential would drop it from the key.
+            let covers_identity = match h.strip_suffix('*') {
+                Some(p) => crate::identity::IDENTITY
+                    .iter()
+                    .any(|(n, _)| n.starts_with(p)),
+                None => crate::identity::is_identity(h),
+            };
+            if covers_identity {
                 return Err(format!(
-                    "cache.vary_headers[{i}] {h:?} must be a lowercase header name (a trailing * matches a prefix)"
+                    "cache.ignore_headers[{i}] {h:?} covers a header that says who is asking; identity headers are always part of the key"
                 ));
             }
         }
@@ -320,6 +344,14 @@ mod tests {
             ..CacheConfig::default()
         };
         assert!(c.validate().unwrap_err().contains("vary_headers[0]"));
+        for bad in ["authorization", "x-bare-*", "*"] {
+            let c = CacheConfig {
+                ignore_headers: vec![bad.into()],
+                ..CacheConfig::default()
+            };
+            let e = c.validate().unwrap_err();
+            assert!(e.contains("ignore_headers[0]"), "{bad}: {e}");
+        }
         let c = CacheConfig {
             redis_url: Some("http://nope".into()),
             ..CacheConfig::default()

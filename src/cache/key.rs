@@ -3,22 +3,23 @@
 //! A key is SHA-256 (truncated to 128 bits) over, each length-prefixed so no two
 //! field lists can collide by concatenation: a domain tag, the method, the path
 //! byte for byte (Letta routes `/x` and `/x/` differently), the query with its
-//! parameters sorted, the caller's identity headers, the `vary_headers`, and
-//! for the message cache the body's hash. SHA-256 and not a faster hash: the key
-//! is the only thing standing between two tenants' answers, so it must not be
-//! collidable on purpose (and with SHA-NI it costs well under a microsecond).
+//! parameters sorted, every header that says who is asking or shapes the
+//! answer (name and every value, in order), and for the message cache the
+//! body's hash. SHA-256 and not a faster hash: the key is the only thing
+//! standing between two tenants' answers, so it must not be collidable on
+//! purpose (and with SHA-NI it costs well under a microsecond).
+//!
+//! Which headers count is [`HeaderRules`]: the caller's identity
+//! ([`crate::identity::IDENTITY`], always), `cache.vary_headers` and
+//! `cache.ignore_headers`. A request carrying a header in none of them has no
+//! key ([`Unkeyed`]): the cache cannot tell whether that header changes the
+//! answer, so the request goes to a backend and its answer is not kept.
 
-use http::{HeaderMap, Method};
+use http::{HeaderMap, HeaderName, Method};
+use rustc_hash::FxHashMap;
 use sha2::{Digest, Sha256};
 
-/// Headers that say who is asking. Never shared across values, whatever the route.
-pub const IDENTITY_HEADERS: &[&str] = &[
-    "authorization",
-    "user_id",
-    "x-project",
-    "x-project-id",
-    "x-api-key",
-];
+use crate::identity;
 
 /// What a key is for; keeps a remembered write from ever matching a cached read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,37 +53,88 @@ impl std::fmt::Debug for CacheKey {
     }
 }
 
-/// Which request headers select the answer, compiled from `cache.vary_headers`.
-#[derive(Debug, Clone)]
-pub struct Vary {
-    exact: Vec<http::HeaderName>,
-    prefixes: Vec<String>,
+/// The request carries a header the cache cannot classify: no key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unkeyed(pub HeaderName);
+
+/// How a request header takes part in the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Says who is asking: always in the key.
+    Identity,
+    /// Shapes the answer (`vary_headers`): in the key.
+    Vary,
+    /// Known not to change the answer (`ignore_headers`): left out.
+    Ignored,
 }
 
-impl Vary {
-    /// Compiles validated `vary_headers` (lowercase; a trailing `*` is a prefix).
-    pub fn new(names: &[String]) -> Vary {
-        let mut exact = Vec::new();
-        let mut prefixes = Vec::new();
-        for n in names {
-            match n.strip_suffix('*') {
-                Some(p) => prefixes.push(p.to_string()),
-                None => {
-                    if let Ok(h) = http::HeaderName::from_bytes(n.as_bytes()) {
-                        exact.push(h);
+/// Request headers classified for keys, compiled from `[cache]` once.
+#[derive(Debug, Clone)]
+pub struct HeaderRules {
+    exact: FxHashMap<HeaderName, Class>,
+    /// Checked in order when no exact name matches: ignored prefixes first, so
+    /// `x-stainless-retry-count` is not split per retry by an `x-stainless-*` vary.
+    prefixes: Vec<(Box<str>, Class)>,
+}
+
+impl HeaderRules {
+    /// Compiles validated lists (lowercase; a trailing `*` is a prefix);
+    /// `ignore` adds to [`identity::IGNORED`].
+    pub fn new(vary: &[String], ignore: &[String]) -> HeaderRules {
+        let ignore: Vec<String> = identity::IGNORED
+            .iter()
+            .map(|n| n.to_string())
+            .chain(ignore.iter().cloned())
+            .collect();
+        let ignore = &ignore[..];
+        let mut exact = FxHashMap::default();
+        let mut ignored_prefixes = Vec::new();
+        let mut vary_prefixes = Vec::new();
+        for (list, class, prefixes) in [
+            (ignore, Class::Ignored, &mut ignored_prefixes),
+            (vary, Class::Vary, &mut vary_prefixes),
+        ] {
+            for n in list {
+                match n.strip_suffix('*') {
+                    Some(p) => prefixes.push((Box::from(p), class)),
+                    None => {
+                        if let Ok(h) = HeaderName::from_bytes(n.as_bytes()) {
+                            // A name in both lists is keyed: keying more is the safe side.
+                            exact.insert(h, class);
+                        }
                     }
                 }
             }
         }
-        Vary { exact, prefixes }
+        for (n, _) in identity::IDENTITY {
+            exact.insert(HeaderName::from_static(n), Class::Identity);
+        }
+        ignored_prefixes.extend(vary_prefixes);
+        HeaderRules {
+            exact,
+            prefixes: ignored_prefixes,
+        }
+    }
+
+    /// How `name` takes part in the key; `None` when no list names it.
+    pub fn class(&self, name: &HeaderName) -> Option<Class> {
+        if let Some(c) = self.exact.get(name) {
+            return Some(*c);
+        }
+        let n = name.as_str();
+        self.prefixes
+            .iter()
+            .find(|(p, _)| n.starts_with(&**p))
+            .map(|(_, c)| *c)
     }
 
     /// Whether a response's `Vary: name` is covered by the key.
     pub fn covers(&self, name: &str) -> bool {
         let name = name.trim().to_ascii_lowercase();
-        IDENTITY_HEADERS.contains(&name.as_str())
-            || self.exact.iter().any(|h| h.as_str() == name)
-            || self.prefixes.iter().any(|p| name.starts_with(p.as_str()))
+        HeaderName::from_bytes(name.as_bytes())
+            .ok()
+            .and_then(|h| self.class(&h))
+            .is_some_and(|c| c != Class::Ignored)
     }
 }
 
@@ -92,56 +144,41 @@ fn field(h: &mut Sha256, bytes: &[u8]) {
     h.update(bytes);
 }
 
-/// Every value of header `name`, in order, as one field (absent and empty differ).
-fn header_field(h: &mut Sha256, headers: &HeaderMap, name: &str) {
-    let mut values = headers.get_all(name).iter().peekable();
-    if values.peek().is_none() {
-        h.update([0u8]);
-        return;
-    }
-    h.update([1u8]);
-    for v in values {
-        field(h, v.as_bytes());
-    }
-}
-
-/// The key of a request.
+/// The key of a request, or [`Unkeyed`] when it carries a header the rules
+/// do not classify.
 pub fn compute(
     domain: Domain,
     method: &Method,
     path: &str,
     query: Option<&str>,
     headers: &HeaderMap,
-    vary: &Vary,
+    rules: &HeaderRules,
     body_hash: Option<&[u8; 32]>,
-) -> CacheKey {
+) -> Result<CacheKey, Unkeyed> {
+    // One pass over the request's headers: keep the keyed ones, refuse the unknown.
+    let mut keyed: Vec<(&str, &[u8])> = Vec::with_capacity(headers.len());
+    for (name, value) in headers {
+        match rules.class(name) {
+            Some(Class::Identity | Class::Vary) => keyed.push((name.as_str(), value.as_bytes())),
+            Some(Class::Ignored) => {}
+            None => return Err(Unkeyed(name.clone())),
+        }
+    }
+    // By name; stable, so the values of a repeated header keep their order
+    // (Letta reads the first one: `a, b` and `b, a` are different callers).
+    keyed.sort_by(|a, b| a.0.cmp(b.0));
     let mut h = Sha256::new();
     h.update(match domain {
-        Domain::Response => b"letta-proxy/response/1\0",
-        Domain::Suppression => b"letta-proxy/suppress/1\0",
+        Domain::Response => b"letta-proxy/response/2\0",
+        Domain::Suppression => b"letta-proxy/suppress/2\0",
     });
     field(&mut h, method.as_str().as_bytes());
     field(&mut h, path.as_bytes());
     normalized_query(&mut h, query.unwrap_or(""));
-    for name in IDENTITY_HEADERS {
-        header_field(&mut h, headers, name);
-    }
-    for name in &vary.exact {
-        header_field(&mut h, headers, name.as_str());
-    }
-    if !vary.prefixes.is_empty() {
-        // Matching headers in name order (a HeaderMap's order is insertion order).
-        let mut matched: Vec<(&str, &[u8])> = headers
-            .iter()
-            .filter(|(n, _)| vary.prefixes.iter().any(|p| n.as_str().starts_with(p)))
-            .map(|(n, v)| (n.as_str(), v.as_bytes()))
-            .collect();
-        matched.sort_unstable();
-        h.update((matched.len() as u32).to_le_bytes());
-        for (n, v) in matched {
-            field(&mut h, n.as_bytes());
-            field(&mut h, v);
-        }
+    h.update((keyed.len() as u32).to_le_bytes());
+    for (name, value) in keyed {
+        field(&mut h, name.as_bytes());
+        field(&mut h, value);
     }
     match body_hash {
         Some(b) => {
@@ -153,7 +190,7 @@ pub fn compute(
     let digest = h.finalize();
     let mut out = [0u8; 16];
     out.copy_from_slice(&digest[..16]);
-    CacheKey(out)
+    Ok(CacheKey(out))
 }
 
 /// The query's `&`-separated parameters, sorted (stable for repeated names, so
@@ -180,13 +217,12 @@ pub fn body_hash(body: &[u8]) -> [u8; 32] {
 mod tests {
     use super::*;
 
-    fn key(method: &str, pq: &str, headers: &[(&str, &str)]) -> CacheKey {
-        let vary = Vary::new(
-            &crate::cache::config::DEFAULT_VARY
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>(),
-        );
+    fn rules() -> HeaderRules {
+        let c = crate::config::CacheConfig::default();
+        HeaderRules::new(&c.vary_headers, &c.ignore_headers)
+    }
+
+    fn try_key(method: &str, pq: &str, headers: &[(&str, &str)]) -> Result<CacheKey, Unkeyed> {
         let mut map = HeaderMap::new();
         for (k, v) in headers {
             map.append(
@@ -204,9 +240,13 @@ mod tests {
             path,
             query,
             &map,
-            &vary,
+            &rules(),
             None,
         )
+    }
+
+    fn key(method: &str, pq: &str, headers: &[(&str, &str)]) -> CacheKey {
+        try_key(method, pq, headers).unwrap()
     }
 
     #[test]
@@ -227,28 +267,13 @@ mod tests {
 
     #[test]
     fn every_part_of_the_request_that_selects_the_answer_changes_the_key() {
-        let base = key(
-            "GET",
-            "/v1/agents/?limit=5",
-            &[("authorization", "Bearer a")],
-        );
-        let differ = [
-            key(
-                "HEAD",
-                "/v1/agents/?limit=5",
-                &[("authorization", "Bearer a")],
-            ),
-            key(
-                "GET",
-                "/v1/agents?limit=5",
-                &[("authorization", "Bearer a")],
-            ),
-            key(
-                "GET",
-                "/v1/agents/?limit=6",
-                &[("authorization", "Bearer a")],
-            ),
-            key("GET", "/v1/agents/", &[("authorization", "Bearer a")]),
+        let auth = ("authorization", "Bearer a");
+        let base = key("GET", "/v1/agents/?limit=5", &[auth]);
+        let mut differ = vec![
+            key("HEAD", "/v1/agents/?limit=5", &[auth]),
+            key("GET", "/v1/agents?limit=5", &[auth]),
+            key("GET", "/v1/agents/?limit=6", &[auth]),
+            key("GET", "/v1/agents/", &[auth]),
             key(
                 "GET",
                 "/v1/agents/?limit=5",
@@ -256,60 +281,76 @@ mod tests {
             ),
             key("GET", "/v1/agents/?limit=5", &[]),
             key("GET", "/v1/agents/?limit=5", &[("authorization", "")]),
+            // The same credential in Letta's other header is another caller.
             key(
                 "GET",
                 "/v1/agents/?limit=5",
-                &[("authorization", "Bearer a"), ("user_id", "user-1")],
-            ),
-            key(
-                "GET",
-                "/v1/agents/?limit=5",
-                &[("authorization", "Bearer a"), ("x-project", "p")],
-            ),
-            key(
-                "GET",
-                "/v1/agents/?limit=5",
-                &[("authorization", "Bearer a"), ("x-project-id", "p")],
-            ),
-            key(
-                "GET",
-                "/v1/agents/?limit=5",
-                &[
-                    ("authorization", "Bearer a"),
-                    ("user-agent", "Letta/Python 1.0"),
-                ],
-            ),
-            key(
-                "GET",
-                "/v1/agents/?limit=5",
-                &[
-                    ("authorization", "Bearer a"),
-                    ("x-stainless-package-version", "1.12.1"),
-                ],
-            ),
-            key(
-                "GET",
-                "/v1/agents/?limit=5",
-                &[
-                    ("authorization", "Bearer a"),
-                    ("x-experimental-letta-v1-agent", "true"),
-                ],
+                &[("x-bare-password", "Bearer a")],
             ),
         ];
+        // Every identity header, and the headers that shape the answer.
+        for (name, value) in [
+            ("x-bare-password", "password a"),
+            ("user_id", "user-1"),
+            ("x-project", "p"),
+            ("x-project-id", "p"),
+            ("x-organization-id", "org-1"),
+            ("cookie", "session=1"),
+            ("proxy-authorization", "Basic x"),
+            ("x-api-key", "k"),
+            ("user-agent", "Letta/Python 1.0"),
+            ("x-stainless-package-version", "1.12.1"),
+            ("x-experimental-letta-v1-agent", "true"),
+            ("x-letta-source", "letta-code"),
+            ("storage_unit", "MB"),
+            ("accept", "text/html"),
+            ("accept-encoding", "gzip"),
+            ("origin", "https://app.letta.com"),
+        ] {
+            differ.push(key("GET", "/v1/agents/?limit=5", &[auth, (name, value)]));
+        }
         for (i, k) in differ.iter().enumerate() {
             assert_ne!(*k, base, "variant {i}");
+            for (j, other) in differ.iter().enumerate().skip(i + 1) {
+                assert_ne!(k, other, "variants {i} and {j}");
+            }
         }
-        // Headers outside identity and vary (retry counters, timeouts) do not split entries.
+        // Headers that describe the attempt, not the request, do not split entries.
         let same = key(
             "GET",
             "/v1/agents/?limit=5",
             &[
-                ("authorization", "Bearer a"),
+                auth,
                 ("x-stainless-retry-count", "1"),
+                ("x-stainless-read-timeout", "60"),
                 ("x-request-id", "abc"),
+                ("traceparent", "00-abc-def-01"),
+                ("host", "proxy:8300"),
             ],
         );
         assert_eq!(same, base);
+    }
+
+    #[test]
+    fn repeated_credentials_are_keyed_in_order() {
+        // Letta reads the first value: these are two different callers.
+        let a = key(
+            "GET",
+            "/v1/agents/",
+            &[("authorization", "Bearer a"), ("authorization", "Bearer b")],
+        );
+        let b = key(
+            "GET",
+            "/v1/agents/",
+            &[("authorization", "Bearer b"), ("authorization", "Bearer a")],
+        );
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn an_unknown_header_leaves_the_request_without_a_key() {
+        let e = try_key("GET", "/v1/agents/", &[("x-tenant", "t1")]).unwrap_err();
+        assert_eq!(e.0, "x-tenant");
     }
 
     #[test]
@@ -325,10 +366,22 @@ mod tests {
 
     #[test]
     fn vary_covers_identity_and_configured_headers() {
-        let v = Vary::new(&["user-agent".into(), "x-experimental-*".into()]);
+        let v = HeaderRules::new(&["user-agent".into(), "x-experimental-*".into()], &[]);
         assert!(v.covers("Authorization"));
+        assert!(v.covers("X-BARE-PASSWORD"));
         assert!(v.covers("user-agent"));
         assert!(v.covers("X-Experimental-Foo"));
-        assert!(!v.covers("cookie"));
+        assert!(!v.covers("x-tenant"));
+        let d = rules();
+        assert!(d.covers("cookie"));
+        let keyed_referer = HeaderRules::new(&["referer".into()], &[]);
+        assert!(
+            keyed_referer.covers("referer"),
+            "vary wins over a built-in ignore"
+        );
+        assert!(
+            !d.covers("x-request-id"),
+            "an ignored header is not in the key"
+        );
     }
 }

@@ -60,6 +60,8 @@ pub struct CacheMetrics {
     /// L2 not consulted: Redis down, breaker open, invalidations pending.
     pub skip_l2: IntCounter,
     pub bypass: IntCounter,
+    /// Requests carrying a header no key rule classifies.
+    pub unkeyed: IntCounter,
     pub coalesced_hit: IntCounter,
     pub coalesced_fallthrough: IntCounter,
     pub stored_l1: IntCounter,
@@ -109,7 +111,7 @@ impl CacheMetrics {
         let outcome = counter_vec(
             r,
             "letta_proxy_cache_requests_total",
-            "Cacheable requests by outcome: hit (l1, l2, coalesced), miss, bypass (client no-cache/no-store), coalesced_fallthrough.",
+            "Cacheable requests by outcome: hit (l1, l2, coalesced), miss, bypass (client no-cache/no-store), unkeyed (a header neither identity, vary nor ignored), coalesced_fallthrough.",
             &["outcome"],
         );
         let stored = counter_vec(
@@ -166,6 +168,7 @@ impl CacheMetrics {
             miss_l2: lookups.with_label_values(&["l2", "miss"]),
             skip_l2: lookups.with_label_values(&["l2", "skip"]),
             bypass: outcome.with_label_values(&["bypass"]),
+            unkeyed: outcome.with_label_values(&["unkeyed"]),
             coalesced_hit: outcome.with_label_values(&["coalesced"]),
             coalesced_fallthrough: outcome.with_label_values(&["coalesced_fallthrough"]),
             stored_l1: stored.with_label_values(&["l1"]),

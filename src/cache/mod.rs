@@ -147,7 +147,7 @@ impl Cache {
         let shared = Arc::new(Shared {
             compiled: ArcSwap::from_pointee(Compiled {
                 source: None,
-                policy: Arc::new(Policy::new(c)),
+                policy: Arc::new(Policy::new(c, None)),
             }),
             l1,
             l2,
@@ -193,7 +193,10 @@ impl Cache {
         }
         self.shared.compiled.store(Arc::new(Compiled {
             source: Some(config.clone()),
-            policy: Arc::new(Policy::new(&config.cache)),
+            policy: Arc::new(Policy::new(
+                &config.cache,
+                Some(&config.balancer.affinity_header),
+            )),
         }));
     }
 

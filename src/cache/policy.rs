@@ -9,7 +9,7 @@ use std::time::Duration;
 use http::{header, HeaderMap, Method, StatusCode};
 
 use super::config::{CacheConfig, CacheRule};
-use super::key::Vary;
+use super::key::HeaderRules;
 
 /// What the cache does with a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +90,19 @@ impl Glob {
     }
 }
 
+/// Routes never cached whatever the rules say (Letta 0.16.8): the hidden
+/// pass-through routes forward almost every request header to another service
+/// (`routers/v1/git_http.py:250`, `anthropic.py:269`, `zai.py:265`), and these
+/// GETs have side effects (`tools.py:858` stores an OAuth result,
+/// `mcp_servers.py:215` opens an OAuth session).
+const NEVER_CACHED: &[&str] = &[
+    "/v1/git/",
+    "/v1/anthropic/",
+    "/v1/zai/",
+    "/v1/tools/mcp/oauth/",
+    "/v1/mcp-servers/connect/",
+];
+
 /// Most path segments a rule can match: deeper than any Letta route.
 const MAX_SEGMENTS: usize = 16;
 
@@ -144,12 +157,21 @@ pub struct Policy {
     rules: Vec<Rule>,
     default_ttl: Duration,
     pub max_entry_size: u64,
-    pub vary: Vary,
+    /// Which request headers are keyed, ignored, or unknown.
+    pub headers: HeaderRules,
 }
 
 impl Policy {
-    /// Compiles a validated config.
-    pub fn new(c: &CacheConfig) -> Policy {
+    /// Compiles a validated config. `affinity_header` (the balancer's, read by
+    /// the proxy only) is one more header that never changes an answer.
+    pub fn new(c: &CacheConfig, affinity_header: Option<&str>) -> Policy {
+        let mut ignore = c.ignore_headers.clone();
+        if let Some(h) = affinity_header {
+            let h = h.to_ascii_lowercase();
+            if !crate::identity::is_identity(&h) {
+                ignore.push(h);
+            }
+        }
         let rules = c
             .rules
             .iter()
@@ -170,7 +192,7 @@ impl Policy {
             rules,
             default_ttl: c.ttl,
             max_entry_size: c.max_entry_size,
-            vary: Vary::new(&c.vary_headers),
+            headers: HeaderRules::new(&c.vary_headers, &ignore),
         }
     }
 
@@ -204,6 +226,9 @@ impl Policy {
         headers: &HeaderMap,
     ) -> Plan {
         if !(path.starts_with("/v1/") || path == "/v1") {
+            return Plan::Pass;
+        }
+        if NEVER_CACHED.iter().any(|p| path.starts_with(p)) {
             return Plan::Pass;
         }
         match *method {
@@ -276,7 +301,7 @@ impl Policy {
                 return Err(NotStored::Vary);
             };
             if v.split(',')
-                .any(|n| n.trim() == "*" || !self.vary.covers(n))
+                .any(|n| n.trim() == "*" || !self.headers.covers(n))
             {
                 return Err(NotStored::Vary);
             }

@@ -22,7 +22,7 @@ fn policy_with(extra: Vec<CacheRule>) -> Policy {
     rules.extend(c.rules);
     c.rules = rules;
     c.validate().unwrap();
-    Policy::new(&c)
+    Policy::new(&c, None)
 }
 
 #[test]
@@ -48,6 +48,35 @@ fn globs() {
         let (buf, n) = split_path(p).expect("shallow path");
         assert_eq!(Glob::new(g).matches(&buf[..n]), want, "{g} vs {p}");
     }
+}
+
+#[test]
+fn pass_through_and_side_effect_routes_are_never_cached_whatever_the_rules() {
+    // Even a rule that caches everything.
+    let p = policy_with(vec![CacheRule {
+        path: "/v1/**".into(),
+        methods: vec!["GET".into()],
+        cache: true,
+        ttl: Some(Duration::from_secs(60)),
+    }]);
+    let none = HeaderMap::new();
+    for path in [
+        "/v1/git/agent-1/state.git/info/refs",
+        "/v1/anthropic/v1/models",
+        "/v1/zai/v1/models",
+        "/v1/tools/mcp/oauth/callback",
+        "/v1/mcp-servers/connect/mcp-1",
+    ] {
+        assert_eq!(
+            p.plan(&Method::GET, path, false, &none),
+            Plan::Pass,
+            "{path}"
+        );
+    }
+    assert!(matches!(
+        p.plan(&Method::GET, "/v1/tools/", false, &none),
+        Plan::Read { .. }
+    ));
 }
 
 #[test]
@@ -328,7 +357,15 @@ fn response_storability() {
             Err(NotStored::Cookie),
         ),
         (ok, headers(&[("vary", "*")]), Err(NotStored::Vary)),
-        (ok, headers(&[("vary", "Cookie")]), Err(NotStored::Vary)),
+        (ok, headers(&[("vary", "X-Tenant")]), Err(NotStored::Vary)),
+        // Credentials are always in the key.
+        (ok, headers(&[("vary", "Cookie")]), Ok(ttl)),
+        // An ignored header is not in the key: an answer that varies on it cannot be kept.
+        (
+            ok,
+            headers(&[("vary", "X-Request-Id")]),
+            Err(NotStored::Vary),
+        ),
         (
             ok,
             headers(&[("vary", "Origin, Accept-Encoding, Authorization")]),

@@ -231,9 +231,13 @@ where
         parts.uri.path(),
         parts.uri.query(),
         &parts.headers,
-        &policy.vary,
+        &policy.headers,
         None,
     );
+    let key = match key {
+        Ok(k) => k,
+        Err(unkeyed) => return unkeyed_pass(&shared, inner, parts, body, &unkeyed).await,
+    };
     let (leader, start, x_cache) = match lookup(&shared, key, bypass).await {
         Found::Answer(r) => return r,
         Found::Fetch(l, s, x) => (l, s, x),
@@ -245,6 +249,24 @@ where
         return resp;
     }
     attach_fill(&shared, &policy, resp, key, start, leader, ttl, target)
+}
+
+/// Forwards a request that has no key: not looked up, its answer not kept.
+pub(crate) async fn unkeyed_pass<S>(
+    shared: &Shared,
+    inner: S,
+    parts: http::request::Parts,
+    body: InboundBody,
+    unkeyed: &key::Unkeyed,
+) -> Resp
+where
+    S: Service<Request<InboundBody>, Response = Resp, Error = Infallible>,
+{
+    shared.metrics.unkeyed.inc();
+    tracing::debug!(header = %unkeyed.0, "cache: a header no key rule names; not cached");
+    let mut resp = forward(inner, parts, body).await;
+    resp.headers_mut().insert(X_CACHE.clone(), BYPASS.clone());
+    resp
 }
 
 /// Tees a cacheable answer into the cache, or says why it is not stored.

@@ -104,16 +104,18 @@ where
     // Unchanged-write suppression: keyed by caller and target, valued by body hash.
     let suppress = match &bytes {
         Some(b) if policy.suppress && is_block_write(&parts.method, target.template) => {
-            let k = key::compute(
+            key::compute(
                 Domain::Suppression,
                 &parts.method,
                 &target.path,
                 parts.uri.query(),
                 &parts.headers,
-                &policy.vary,
+                &policy.headers,
                 None,
-            );
-            Some((k, key::body_hash(b)))
+            )
+            // A request the key cannot describe is never answered from memory.
+            .ok()
+            .map(|k| (k, key::body_hash(b)))
         }
         _ => None,
     };
@@ -139,12 +141,18 @@ where
             &target.path,
             parts.uri.query(),
             &parts.headers,
-            &policy.vary,
+            &policy.headers,
             Some(&key::body_hash(b)),
         );
-        match lookup(&shared, key, bypass).await {
-            Found::Answer(r) => return r,
-            Found::Fetch(leader, start, x) => fill = Some((key, leader, start, x, ttl)),
+        match key {
+            Ok(key) => match lookup(&shared, key, bypass).await {
+                Found::Answer(r) => return r,
+                Found::Fetch(leader, start, x) => fill = Some((key, leader, start, x, ttl)),
+            },
+            Err(unkeyed) => {
+                shared.metrics.unkeyed.inc();
+                tracing::debug!(header = %unkeyed.0, "cache: a header no key rule names; turn not cached");
+            }
         }
     }
 

@@ -198,7 +198,11 @@ impl Body for RequestBody {
                     if frame.is_none() {
                         this.state = ReqState::Done;
                     }
-                    return Poll::Ready(frame);
+                    // Marked as the client's fault, so the exchange failing because
+                    // of it is answered 400 and not held against the backend.
+                    return Poll::Ready(
+                        frame.map(|f| f.map_err(|e| Box::new(ClientBodyError(e)) as BoxError)),
+                    );
                 }
             }
         }
@@ -216,6 +220,24 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         self.hint
     }
+}
+
+/// Reading the client's request body failed (malformed chunking, the client
+/// went away, the size limit): the client's fault, not the backend's.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body could not be read: {0}")]
+pub struct ClientBodyError(#[source] pub BoxError);
+
+/// Whether `err` was caused by reading the client's request body.
+pub fn is_client_body_error(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if e.is::<ClientBodyError>() {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
 }
 
 /// Whether `err` (from the client) was caused by the body exceeding its limit.

@@ -79,6 +79,9 @@ pub struct Proxy {
     /// Recent outcomes over every backend, for `/-/stats`.
     pub window: Window,
     writes: Arc<WriteOrdering>,
+    /// The proxy-wide cap: one counter for the proxy's life (a reload changes
+    /// only its maximum, so requests in flight across a reload still count).
+    global: Arc<GlobalLimit>,
     /// The file the config came from, for reloads.
     config_path: Option<PathBuf>,
     /// Serialises config changes (reload, admin edits) so none is lost.
@@ -104,7 +107,6 @@ pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T
 /// reload, so a request sees one consistent version from start to end.
 pub struct Live {
     pub config: Arc<Config>,
-    global: Arc<GlobalLimit>,
     retry_budget: TpsBudget,
     affinity_header: Option<HeaderName>,
 }
@@ -113,7 +115,6 @@ impl Live {
     fn new(config: Config) -> Live {
         let limits = &config.limits;
         Live {
-            global: Arc::new(GlobalLimit::new(limits.max_in_flight)),
             retry_budget: TpsBudget::new(
                 Duration::from_secs(10),
                 limits.retry_min_per_second,
@@ -166,6 +167,7 @@ impl Proxy {
         let metrics = Metrics::new();
         let upstreams = Arc::new(Upstreams::new(&config, metrics.clone()));
         Proxy {
+            global: Arc::new(GlobalLimit::new(config.limits.max_in_flight)),
             live: ArcSwap::from_pointee(Live::new(config)),
             writes: WriteOrdering::new(),
             window: Window::new(),
@@ -250,6 +252,7 @@ impl Proxy {
 
     fn apply_locked(&self, config: Config) {
         self.upstreams.replace(&config);
+        self.global.set_max(config.limits.max_in_flight);
         self.live.store(Arc::new(Live::new(config)));
     }
 
@@ -310,7 +313,7 @@ impl Proxy {
     ) -> Result<Forwarded, ProxyError> {
         let server = &live.config.server;
         let limits = &live.config.limits;
-        let mut global = live.global.try_acquire();
+        let mut global = self.global.try_acquire();
         if global.is_none() {
             self.metrics
                 .rejections
@@ -522,6 +525,12 @@ impl Proxy {
                         return Err(ProxyError::BodyTooLarge {
                             limit: server.max_body_size,
                         });
+                    }
+                    if body::is_client_body_error(&err) {
+                        // The client's body broke (bad chunking, the client left):
+                        // nothing to hold against the backend, nothing to retry.
+                        tracing::debug!(backend = %backend.name, error = %err, "client body failed");
+                        return Err(ProxyError::BadRequest("the request body could not be read"));
                     }
                     backend.metrics.upstream_errors.inc();
                     backend.latency.observe_error(elapsed, now);

@@ -39,6 +39,19 @@ pub fn router(proxy: Arc<Proxy>) -> Router {
         .with_state(proxy)
 }
 
+/// Compares a presented token with the configured one in constant time: both
+/// are hashed first, so neither the position of the first difference nor the
+/// token's length shows in the time taken.
+fn token_matches(given: &str, token: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    let (g, t) = (
+        Sha256::digest(given.as_bytes()),
+        Sha256::digest(token.as_bytes()),
+    );
+    g.ct_eq(&t).into()
+}
+
 fn error(status: StatusCode, kind: &str, message: impl std::fmt::Display) -> Response {
     (
         status,
@@ -64,14 +77,7 @@ async fn require_token(
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        // Length first, then every byte: no early exit on the first mismatch.
-        let ok = given.is_some_and(|g| {
-            g.len() == token.len()
-                && g.bytes()
-                    .zip(token.bytes())
-                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                    == 0
-        });
+        let ok = given.is_some_and(|g| token_matches(g, token));
         if !ok {
             let mut r = error(
                 StatusCode::UNAUTHORIZED,
@@ -279,4 +285,17 @@ fn audit(headers: &HeaderMap, action: &str, target: &str) {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     tracing::info!(target: "letta_proxy::admin", action, target, user_agent = agent, "admin call");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_matches;
+
+    #[test]
+    fn tokens_match_only_exactly() {
+        assert!(token_matches("s3cret", "s3cret"));
+        for wrong in ["", "s3cre", "s3cret ", "S3cret", "s3cret-and-more"] {
+            assert!(!token_matches(wrong, "s3cret"), "{wrong:?}");
+        }
+    }
 }

@@ -3,8 +3,9 @@
 //! The body is `{"requests": [{"method", "path", "headers"?, "body"?}, …],
 //! "concurrency"?: n}`. Each sub-request goes through the whole stack (cache,
 //! limits, balancer, retries) as if the client had sent it, carrying the outer
-//! request's identity headers (`Authorization`, `user_id`, `X-Project`,
-//! `X-Project-Id`, `User-Agent`, `X-Stainless-*`) unless it sets its own. The
+//! request's identity and answer-shaping headers ([`crate::identity`]: the
+//! credentials whichever header carries them, `user_id`, the project and
+//! organisation, `User-Agent`, `X-Stainless-*`, …) unless it sets its own. The
 //! answer lists every result in request order with its status, headers and body;
 //! one failure never fails the others.
 
@@ -50,15 +51,6 @@ fn fail(status: StatusCode, kind: &str, message: &str) -> Response<ResponseBody>
     r
 }
 
-/// Whether an outer header is passed to every sub-request.
-fn is_identity(name: &HeaderName) -> bool {
-    let n = name.as_str();
-    matches!(
-        n,
-        "authorization" | "user_id" | "x-project" | "x-project-id" | "user-agent"
-    ) || n.starts_with("x-stainless-")
-}
-
 /// Answers a batch; `outer` is the batch request itself.
 pub async fn handle(stack: &super::Stack, outer: Request<InboundBody>) -> Response<ResponseBody> {
     let limits = stack.proxy.config().limits.clone();
@@ -97,7 +89,7 @@ pub async fn handle(stack: &super::Stack, outer: Request<InboundBody>) -> Respon
     let identity: HeaderMap = parts
         .headers
         .iter()
-        .filter(|(k, _)| is_identity(k))
+        .filter(|(k, _)| crate::identity::is_inherited(k.as_str()))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     let client = parts.extensions.get::<ClientAddr>().copied();
@@ -150,8 +142,12 @@ async fn run_one(
         Err(e) => return invalid(format!("invalid request: {e}")),
     };
     let h = req.headers_mut();
-    for (k, v) in identity {
-        h.insert(k.clone(), v.clone());
+    // Every value, in order: Letta reads the first of a repeated header.
+    for name in identity.keys() {
+        h.remove(name);
+        for v in identity.get_all(name) {
+            h.append(name.clone(), v.clone());
+        }
     }
     for (k, v) in &sub.headers {
         let (Ok(name), Some(Ok(value))) = (

@@ -12,6 +12,7 @@
 mod admin;
 mod batch;
 mod endpoints;
+pub mod hygiene;
 pub mod reload;
 
 use std::convert::Infallible;
@@ -92,8 +93,14 @@ pub async fn serve_with_cache(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(cfg.client_header_timeout)
+        // A backstop for `max_header_size` (checked exactly per request): room
+        // for the headers plus a long request line. hyper answers 431 above it.
+        .max_buf_size(header_buffer(cfg.max_header_size))
         .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(header_buffer(cfg.max_header_size) as u32);
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let connections = Arc::new(Semaphore::new(cfg.max_connections));
@@ -190,8 +197,26 @@ pub async fn serve_with_cache(
     Ok(())
 }
 
+/// hyper's read-buffer cap for a header limit: the headers, a long request line.
+fn header_buffer(max_header_size: u64) -> usize {
+    usize::try_from(max_header_size)
+        .unwrap_or(usize::MAX)
+        .saturating_add(16 * 1024)
+}
+
 /// Proxy-owned paths are answered here; everything else is dispatched.
 async fn handle(stack: &Stack, req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
+    let max_header_size = stack.proxy.config().server.max_header_size;
+    if let Err(e) = hygiene::check(&req, usize::try_from(max_header_size).unwrap_or(usize::MAX)) {
+        tracing::debug!(error = %e, %peer, "request refused");
+        let mut resp = e.to_response().map(ResponseBody::full);
+        // The rest of the connection cannot be trusted to be framed as the client meant.
+        resp.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+        return resp;
+    }
     let mut req = req.map(InboundBody::from);
     req.extensions_mut().insert(ClientAddr(peer));
     if req.uri().path() == "/-/batch" && req.method() == http::Method::POST {

@@ -10,10 +10,15 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Serialize};
 
 use crate::balance::BalancerConfig;
 pub use crate::cache::CacheConfig;
+
+mod env;
+mod size;
+
+pub use size::{de_size, parse_size};
 
 /// Prefix of environment variables that override config keys.
 pub const ENV_PREFIX: &str = "LETTA_PROXY__";
@@ -35,6 +40,14 @@ pub enum ConfigError {
         #[source]
         source: Box<toml::de::Error>,
     },
+    #[error("invalid config in {origin}: {path}: {source}")]
+    Field {
+        origin: String,
+        /// Where in the config, e.g. `server.connect_timeout` or `backends[1].url`.
+        path: String,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
     #[error("invalid environment override {var}: {message}")]
     Env { var: String, message: String },
     #[error("invalid config in {origin}: {message}")]
@@ -42,7 +55,7 @@ pub enum ConfigError {
 }
 
 /// The whole configuration. Sections mirror the TOML file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
@@ -78,7 +91,7 @@ impl Default for Config {
 }
 
 /// `[server]`: listeners, timeouts, body limit, upstream pool.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Address of the main listener (clients and `/metrics`).
@@ -105,6 +118,9 @@ pub struct ServerConfig {
     /// Largest request body accepted (413 above). Letta accepts file uploads.
     #[serde(deserialize_with = "de_size")]
     pub max_body_size: u64,
+    /// Largest request header section accepted, all headers together (431 above).
+    #[serde(deserialize_with = "de_size")]
+    pub max_header_size: u64,
     /// Pass the client's `Host` to backends (Letta builds redirect URLs from it).
     pub preserve_host: bool,
     /// Idle keep-alive connections to a backend are closed after this long.
@@ -127,6 +143,7 @@ impl Default for ServerConfig {
             client_header_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
             max_body_size: 100 * 1024 * 1024,
+            max_header_size: 64 * 1024,
             preserve_host: true,
             pool_idle_timeout: Duration::from_secs(60),
             pool_max_idle_per_backend: 1024,
@@ -136,7 +153,7 @@ impl Default for ServerConfig {
 }
 
 /// One `[[backends]]` entry: a Letta server.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
     /// Unique name, used in metrics and the `x-letta-proxy-backend` header.
@@ -156,7 +173,7 @@ fn one() -> u32 {
 }
 
 /// `[health]`: active probes of each backend.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthConfig {
     pub enabled: bool,
@@ -200,7 +217,7 @@ impl Default for HealthConfig {
 }
 
 /// `[limits]`: concurrency caps that protect the proxy and the backends.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Most requests in flight through the whole proxy (0 = unlimited).
@@ -250,7 +267,7 @@ impl Default for LimitsConfig {
 }
 
 /// `[metrics]`: the Prometheus endpoint.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     /// Record per-request metrics and serve `GET /metrics`. Off saves the
@@ -266,18 +283,52 @@ impl Default for MetricsConfig {
 }
 
 /// `[admin]`: the admin API on `server.admin_listen`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Bearer token required by every admin call; mandatory when `admin_listen`
     /// is not a loopback address.
     pub token: Option<String>,
+    /// A file holding the token (a Kubernetes or compose secret), read at every
+    /// load and reload; surrounding whitespace is ignored. Excludes `token`.
+    pub token_file: Option<PathBuf>,
     /// Reload the config when its file changes (checked every 2 s).
     pub watch_config: bool,
 }
 
+impl AdminConfig {
+    /// Reads `token_file` into `token`.
+    fn read_token_file(&mut self) -> Result<(), String> {
+        let Some(path) = &self.token_file else {
+            return Ok(());
+        };
+        if self.token.is_some() {
+            return Err("admin.token and admin.token_file are both set: keep one".into());
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("admin.token_file {}: {e}", path.display()))?;
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(format!("admin.token_file {} is empty", path.display()));
+        }
+        self.token = Some(token.to_string());
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for AdminConfig {
+    // Never print the token (configs are logged when debugging).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_file", &self.token_file)
+            .field("watch_config", &self.watch_config)
+            .finish()
+    }
+}
+
 /// `[log]`: logs on stderr.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// `text` (for people) or `json` (one object per line, for collectors).
@@ -290,7 +341,7 @@ pub struct LogConfig {
 }
 
 /// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
@@ -336,8 +387,10 @@ impl Config {
             origin: origin.to_string(),
             source: Box::new(e),
         };
-        let table: toml::Table = toml::from_str(text).map_err(parse_err)?;
-        let mut root = toml::Value::Table(table);
+        let file: toml::Table = toml::from_str(text).map_err(parse_err)?;
+        // The defaults, with the file on top, with the environment on top.
+        let mut root = toml::Value::try_from(Config::default()).expect("defaults serialize");
+        env::merge(&mut root, toml::Value::Table(file));
         let mut overridden = Vec::new();
         // Sorted, so `BACKENDS__1__…` is applied before `BACKENDS__2__…` whatever the
         // environment's order.
@@ -345,9 +398,11 @@ impl Config {
         env.sort();
         for (var, value) in env {
             if let Some(key) = var.strip_prefix(ENV_PREFIX) {
-                apply_override(&mut root, key, &value).map_err(|message| ConfigError::Env {
-                    var: var.clone(),
-                    message,
+                env::apply_override(&mut root, key, &value).map_err(|message| {
+                    ConfigError::Env {
+                        var: var.clone(),
+                        message,
+                    }
                 })?;
                 overridden.push(var);
             }
@@ -357,10 +412,21 @@ impl Config {
         } else {
             format!("{origin} (with {})", overridden.join(", "))
         };
-        let config: Config = Config::deserialize(root).map_err(|e| ConfigError::Parse {
-            origin: origin.clone(),
-            source: Box::new(e),
-        })?;
+        let mut config: Config =
+            serde_path_to_error::deserialize(env::Lenient(root)).map_err(|e| {
+                ConfigError::Field {
+                    origin: origin.clone(),
+                    path: e.path().to_string(),
+                    source: Box::new(e.into_inner()),
+                }
+            })?;
+        config
+            .admin
+            .read_token_file()
+            .map_err(|message| ConfigError::Invalid {
+                origin: origin.clone(),
+                message,
+            })?;
         config
             .validate()
             .map_err(|message| ConfigError::Invalid { origin, message })?;
@@ -409,6 +475,9 @@ impl Config {
                 ));
             }
         }
+        if !(1024..=16 << 20).contains(&self.server.max_header_size) {
+            return Err("server.max_header_size must be between 1KiB and 16MiB".into());
+        }
         if self.server.max_connections == 0 {
             return Err("server.max_connections must be at least 1".into());
         }
@@ -422,95 +491,6 @@ fn read(path: &Path) -> Result<String, ConfigError> {
         path: path.to_path_buf(),
         source,
     })
-}
-
-/// Sets `SECTION__KEY` (case-insensitive; `BACKENDS__0__URL` indexes arrays) to
-/// `raw`, read as a TOML value when it is one (`true`, `8`, `["a"]`) and as a string
-/// otherwise (`127.0.0.1:8300`, `5s`).
-fn apply_override(root: &mut toml::Value, key: &str, raw: &str) -> Result<(), String> {
-    let parts: Vec<String> = key.split("__").map(|p| p.to_ascii_lowercase()).collect();
-    if parts.iter().any(|p| p.is_empty()) {
-        return Err("expected LETTA_PROXY__SECTION__KEY".into());
-    }
-    set_path(root, &parts, parse_env_value(raw))
-}
-
-fn set_path(node: &mut toml::Value, parts: &[String], value: toml::Value) -> Result<(), String> {
-    let Some((head, rest)) = parts.split_first() else {
-        *node = value;
-        return Ok(());
-    };
-    match node {
-        toml::Value::Table(t) => {
-            let child = t
-                .entry(head.clone())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            set_path(child, rest, value)
-        }
-        toml::Value::Array(items) => {
-            let idx: usize = head
-                .parse()
-                .map_err(|_| format!("{head:?} is not an index into a list"))?;
-            // One past the end appends, so a backend can be added from the environment.
-            if idx == items.len() {
-                items.push(toml::Value::Table(toml::Table::new()));
-            }
-            let len = items.len();
-            let child = items
-                .get_mut(idx)
-                .ok_or_else(|| format!("index {idx} is past the end of a list of {len}"))?;
-            set_path(child, rest, value)
-        }
-        _ => Err(format!("{head:?} is below a plain value")),
-    }
-}
-
-fn parse_env_value(raw: &str) -> toml::Value {
-    toml::from_str::<toml::Table>(&format!("v = {raw}"))
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
-}
-
-/// Reads a size: an integer number of bytes or a string such as `"32MiB"`, `"1.5 GB"`.
-pub(crate) fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Int(u64),
-        Text(String),
-    }
-    match Raw::deserialize(d)? {
-        Raw::Int(n) => Ok(n),
-        Raw::Text(s) => parse_size(&s).map_err(serde::de::Error::custom),
-    }
-}
-
-/// Parses `"512"`, `"64KiB"`, `"32MiB"`, `"1GiB"`, `"10MB"` (decimal units are powers of 1000).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let num: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid size {s:?}: expected a number with an optional unit"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" => 1_000,
-        "kib" => 1 << 10,
-        "m" | "mb" => 1_000_000,
-        "mib" => 1 << 20,
-        "g" | "gb" => 1_000_000_000,
-        "gib" => 1 << 30,
-        other => {
-            return Err(format!(
-                "invalid size unit {other:?} in {s:?} (use B, KiB, MiB, GiB, KB, MB, GB)"
-            ))
-        }
-    };
-    Ok((num * mult as f64).round() as u64)
 }
 
 #[cfg(test)]
@@ -536,7 +516,7 @@ mod tests {
 
     #[test]
     fn the_shipped_config_file_is_valid_and_matches_the_defaults() {
-        let text = include_str!("../config/letta-proxy.toml");
+        let text = include_str!("../../config/letta-proxy.toml");
         let c = load(text, &[]).unwrap();
         let d = Config::default();
         assert_eq!(c.server.listen, d.server.listen);
@@ -552,6 +532,7 @@ mod tests {
             "[[cache.rules]] in the file = the defaults"
         );
         assert_eq!(cc.vary_headers, dc.vary_headers);
+        assert_eq!(cc.ignore_headers, dc.ignore_headers);
         assert_eq!(
             (cc.ttl, cc.max_bytes, cc.max_entry_size, cc.max_scan_body),
             (dc.ttl, dc.max_bytes, dc.max_entry_size, dc.max_scan_body)
@@ -640,12 +621,62 @@ mod tests {
     }
 
     #[test]
-    fn sizes_parse() {
-        assert_eq!(parse_size("512").unwrap(), 512);
-        assert_eq!(parse_size("64KiB").unwrap(), 65536);
-        assert_eq!(parse_size("10MB").unwrap(), 10_000_000);
-        assert_eq!(parse_size("1.5 GiB").unwrap(), 1_610_612_736);
-        assert!(parse_size("ten").is_err());
-        assert!(parse_size("5 parsecs").is_err());
+    fn overrides_are_typed_by_their_field() {
+        // No [[backends]] in the file: the override changes the default backend.
+        let c = load(
+            "",
+            &[
+                ("LETTA_PROXY__BACKENDS__0__URL", "http://10.0.0.5:8283"),
+                ("LETTA_PROXY__ADMIN__TOKEN", "123456"),
+                ("LETTA_PROXY__SERVER__MAX_CONNECTIONS", "5000"),
+                ("LETTA_PROXY__CACHE__ENABLED", "false"),
+                ("LETTA_PROXY__BALANCER__AFFINITY_EPSILON", "1"),
+                ("LETTA_PROXY__CACHE__VARY_HEADERS", "user-agent, accept"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.backends.len(), 1);
+        assert_eq!(c.backends[0].url, "http://10.0.0.5:8283");
+        assert_eq!(c.backends[0].name, "letta");
+        assert_eq!(c.admin.token.as_deref(), Some("123456"));
+        assert_eq!(c.server.max_connections, 5000);
+        assert!(!c.cache.enabled);
+        assert_eq!(c.balancer.affinity_epsilon, 1.0);
+        assert_eq!(c.cache.vary_headers, ["user-agent", "accept"]);
+        // A second backend from the environment alone.
+        let c = load(
+            "",
+            &[
+                ("LETTA_PROXY__BACKENDS__1__NAME", "b"),
+                ("LETTA_PROXY__BACKENDS__1__URL", "http://10.0.0.6:8283"),
+                ("LETTA_PROXY__BACKENDS__1__MAX_IN_FLIGHT", "7"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.backends[1].max_in_flight, Some(7));
+        // A wrong value names the key it was meant for.
+        let e = load("", &[("LETTA_PROXY__SERVER__MAX_CONNECTIONS", "lots")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("server.max_connections") && e.contains("lots"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_admin_token_can_come_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "s3cret\n").unwrap();
+        let text = format!("[admin]\ntoken_file = {:?}\n", path.display().to_string());
+        let c = load(&text, &[]).unwrap();
+        assert_eq!(c.admin.token.as_deref(), Some("s3cret"));
+        assert!(!format!("{c:?}").contains("s3cret"), "Debug never shows it");
+        let e = load(&text, &[("LETTA_PROXY__ADMIN__TOKEN", "x")]).unwrap_err();
+        assert!(e.to_string().contains("both set"), "{e}");
+        let missing = "[admin]\ntoken_file = \"/nonexistent/token\"\n";
+        let e = load(missing, &[]).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/token"), "{e}");
     }
 }
