@@ -15,8 +15,7 @@ use serde_json::Value;
 const TOKEN: &str = "compose-test-token";
 
 fn compose_vars() -> BTreeMap<String, String> {
-    // What a user exports before `docker compose up` (README); a non-numeric
-    // token, whatever the digits-only fix of the config loader does.
+    // What a user exports before `docker compose up` (README).
     BTreeMap::from([
         ("LETTA_PROXY_ADMIN_TOKEN".to_string(), TOKEN.to_string()),
         ("OPENAI_API_KEY".to_string(), "sk-test".to_string()),
@@ -197,6 +196,16 @@ fn every_config_file_checks_with_the_compose_environment() {
         checked += 1;
     }
     assert!(checked >= 3, "config/*.toml checked: {checked}");
+
+    // A digit-only token (what `openssl rand -hex` can give, rarely) is a token too.
+    let mut vars = compose_vars();
+    vars.insert("LETTA_PROXY_ADMIN_TOKEN".into(), "123456".into());
+    let digits = container_env(service(&compose(&py, &vars).unwrap(), "letta-proxy"));
+    let (code, _, err) = proxy(
+        &["--config", started_with.to_str().unwrap(), "--check"],
+        &digits,
+    );
+    assert_eq!(code, 0, "digit-only token: {err}");
 
     // The environment is what makes compose.toml valid: without the token it is not.
     let mut bare = env.clone();

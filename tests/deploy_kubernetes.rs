@@ -212,23 +212,14 @@ fn objects_agree_on_labels_ports_probes_and_grace() {
 fn pod_config(py: &Path, all: &[(String, Value)]) -> (letta_proxy::Config, PodFiles) {
     let files = PodFiles::new(py, all);
     let env: Vec<(String, String)> = files.env.clone().into_iter().collect();
-    let cfg = match letta_proxy::Config::load(Some(&files.config), env) {
-        Ok(c) => c,
-        Err(e) if e.to_string().contains("token_file") => {
-            // Transitional: `admin.token_file` is being added to the config loader
-            // in parallel. Until it is in this build, load without that line and
-            // give the same Secret value through the environment instead.
-            eprintln!(
-                "\n********** NOTICE: this build has no admin.token_file yet ({e}); \
-                 checking the ConfigMap with the token from the environment instead **********\n"
-            );
-            files.without_token_file();
-            let mut env = files.env.clone();
-            env.insert("LETTA_PROXY__ADMIN__TOKEN".into(), files.token.clone());
-            letta_proxy::Config::load(Some(&files.config), env).unwrap()
-        }
-        Err(e) => panic!("the ConfigMap's config does not load: {e}"),
-    };
+    let cfg = letta_proxy::Config::load(Some(&files.config), env)
+        .unwrap_or_else(|e| panic!("the ConfigMap's config does not load: {e}"));
+    // The token the proxy will require is the Secret's, read from the mounted file.
+    assert_eq!(
+        cfg.admin.token.as_deref(),
+        Some(files.token.as_str()),
+        "admin.token_file resolves to the Secret's admin-token"
+    );
     (cfg, files)
 }
 
@@ -319,16 +310,6 @@ impl PodFiles {
             token,
         }
     }
-
-    fn without_token_file(&self) {
-        let text = std::fs::read_to_string(&self.config).unwrap();
-        let text: String = text
-            .lines()
-            .filter(|l| !l.trim_start().starts_with("token_file"))
-            .map(|l| format!("{l}\n"))
-            .collect();
-        std::fs::write(&self.config, text).unwrap();
-    }
 }
 
 /// The binary accepts the ConfigMap's config exactly as the pod would run it,
@@ -344,18 +325,6 @@ fn the_configmap_passes_check_with_the_pods_environment_and_secret() {
         &["--config", files.config.to_str().unwrap(), "--check"],
         &files.env,
     );
-    let (code, out, err) = if code == 2 && err.contains("token_file") {
-        // See pod_config: transitional, until admin.token_file is in this build.
-        files.without_token_file();
-        let mut env = files.env.clone();
-        env.insert("LETTA_PROXY__ADMIN__TOKEN".into(), files.token.clone());
-        proxy(
-            &["--config", files.config.to_str().unwrap(), "--check"],
-            &env,
-        )
-    } else {
-        (code, out, err)
-    };
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("listen 0.0.0.0:8300"), "{out}");
     assert!(
