@@ -1,10 +1,15 @@
 //! `letta-proxy`: binds, loads the config, and hands over to the library.
+//!
+//! `letta-proxy health URL` is a tiny HTTP probe for container healthchecks:
+//! the runtime image carries no curl, and the probe must not depend on the
+//! config (a healthcheck that fails because of a config typo would hide it).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 use letta_proxy::config::{BackendConfig, Config, LogConfig, LogFormat, DEFAULT_CONFIG_PATH};
 use letta_proxy::standin::StandIn;
@@ -12,7 +17,7 @@ use letta_proxy::Gateway;
 
 /// Reverse proxy and load balancer for Letta servers.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
 struct Cli {
     /// Config file (TOML). Default: config/letta-proxy.toml if present, else built-in defaults.
     #[arg(long, short)]
@@ -23,10 +28,29 @@ struct Cli {
     /// Start three stand-in Letta backends on loopback and the proxy in front of them.
     #[arg(long)]
     demo: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// GET an http:// URL; exit 0 on a 2xx answer within the timeout, 1 otherwise.
+    /// For container healthchecks (the image has no curl), e.g.
+    /// `letta-proxy health http://127.0.0.1:8300/-/ready`. Reads no config.
+    Health {
+        /// The URL to probe (http only), e.g. http://127.0.0.1:8300/-/healthy.
+        url: String,
+        /// Longest time for the whole exchange (connect, headers, body).
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Health { url, timeout }) = &cli.command {
+        return health(url, *timeout);
+    }
     let config = match Config::load(cli.config.as_deref(), std::env::vars()) {
         Ok(c) => c,
         Err(e) => {
@@ -66,6 +90,65 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `letta-proxy health URL`: one GET, bounded by `timeout` from connect to the
+/// body's end. Prints the status (or the error) so `docker inspect` shows why.
+fn health(url: &str, timeout: Duration) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("letta-proxy health: cannot start a runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(async { tokio::time::timeout(timeout, probe(url)).await }) {
+        Ok(Ok(status)) if status.is_success() => {
+            println!("{url}: {status}");
+            ExitCode::SUCCESS
+        }
+        Ok(Ok(status)) => {
+            eprintln!("letta-proxy health: {url}: {status}");
+            ExitCode::FAILURE
+        }
+        Ok(Err(e)) => {
+            eprintln!("letta-proxy health: {url}: {e:#}");
+            ExitCode::FAILURE
+        }
+        Err(_) => {
+            eprintln!(
+                "letta-proxy health: {url}: no complete answer within {}",
+                humantime::format_duration(timeout)
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn probe(url: &str) -> anyhow::Result<http::StatusCode> {
+    use http_body_util::{BodyExt, Empty};
+    let uri: http::Uri = url.parse().context("not a URL")?;
+    anyhow::ensure!(
+        uri.scheme_str() == Some("http") && uri.host().is_some(),
+        "expected an http://host:port/path URL"
+    );
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<bytes::Bytes>>();
+    let req = http::Request::get(uri)
+        .header(http::header::USER_AGENT, "letta-proxy-health")
+        .body(Empty::new())
+        .context("building the request")?;
+    let resp = client.request(req).await.context("request failed")?;
+    let status = resp.status();
+    // Read the body to its end, so a server that breaks mid-answer fails the probe.
+    resp.into_body()
+        .collect()
+        .await
+        .context("reading the body")?;
+    Ok(status)
 }
 
 fn init_logging(log: &LogConfig) {
@@ -130,7 +213,12 @@ fn print_demo(addr: std::net::SocketAddr, standins: &[StandIn]) {
         println!("  {:<8} {}", s.name, s.url());
     }
     println!("\nTry (each answer names the replica in x-letta-proxy-backend):");
-    println!("  for i in 1 2 3 4 5 6; do curl -s -D - -o /dev/null http://{addr}/v1/agents/{agent} | grep -i x-letta-proxy-backend; done");
+    // `cache-control: no-cache` sends every request to a replica: without it the
+    // cache would answer all but the first from memory, naming one replica.
+    println!("  # round robin: no-cache skips the cache, so each request reaches the next replica");
+    println!("  for i in 1 2 3 4 5 6; do curl -s -D - -o /dev/null -H 'cache-control: no-cache' http://{addr}/v1/agents/{agent} | grep -i x-letta-proxy-backend; done");
+    println!("  # the cache: the first read is fetched (x-cache: MISS), the second answered from memory (HIT)");
+    println!("  for i in 1 2; do curl -s -D - -o /dev/null http://{addr}/v1/tools/ | grep -i x-cache; done");
     println!("  curl -N -X POST 'http://{addr}/v1/agents/{agent}/messages/stream?events=5&interval_ms=300'");
     println!("  curl -s -i http://{addr}/v1/agents            # Letta-style 307 to /v1/agents/");
     println!("  curl -s http://{addr}/-/ready");

@@ -75,8 +75,10 @@ fn histogram(r: &Registry, name: &str, help: &str) -> Histogram {
     register(r, Histogram::with_opts(opts).expect("valid metric"))
 }
 
-/// The label values a family is born with, so its series exist (at 0) before
-/// the first event: dashboards and alerts see "none yet", not "no data".
+/// Creates the series of every known label value at zero. A series that first
+/// appears at its first increment hides that increment from `rate()` and
+/// `increase()`, so an alert on the first shed request, retry or failed reload
+/// would never fire, and dashboards would show "no data" instead of 0.
 fn known(v: &IntCounterVec, values: &[&str]) {
     for value in values {
         v.with_label_values(&[value]);

@@ -178,3 +178,199 @@ async fn the_binary_logs_reloads_on_sighup_and_exits_cleanly_on_sigterm() {
     assert!(first["duration_ms"].is_number() && first["bytes"].as_u64().unwrap() > 0);
     assert!(logs.contains("config reloaded"), "{logs}");
 }
+
+/// `letta-proxy health URL`: the container healthcheck (the image has no curl).
+/// 0 on a 2xx answer, 1 on anything else, within its timeout; reads no config.
+#[tokio::test]
+async fn the_health_subcommand_exits_0_on_2xx_and_1_otherwise() {
+    use std::time::{Duration, Instant};
+    let backend = letta_proxy::standin::StandIn::start("h").await.unwrap();
+    let health = |url: String, timeout: &'static str| {
+        tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let out = Command::new(env!("CARGO_BIN_EXE_letta-proxy"))
+                .args(["health", "--timeout", timeout, &url])
+                // A broken config must not fail the probe: it reads none.
+                .env("LETTA_PROXY__SERVER__LISTEN", "not-an-address")
+                .output()
+                .unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+                started.elapsed(),
+            )
+        })
+    };
+    let (code, err, _) = health(format!("{}/v1/health/", backend.url()), "5s")
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err, _) = health(format!("{}/v1/agents/x?status=503", backend.url()), "5s")
+        .await
+        .unwrap();
+    assert_eq!(code, Some(1));
+    assert!(err.contains("503"), "{err}");
+    let (code, _, _) = health(format!("{}/v1/agents/x?status=404", backend.url()), "5s")
+        .await
+        .unwrap();
+    assert_eq!(code, Some(1));
+    // Nothing listening.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://{}/-/ready", closed.local_addr().unwrap());
+    drop(closed);
+    let (code, _, _) = health(dead, "5s").await.unwrap();
+    assert_eq!(code, Some(1));
+    // A server that accepts and never answers: the timeout bounds the probe.
+    let (code, err, took) = health(format!("{}/v1/agents/x?hang=1", backend.url()), "300ms")
+        .await
+        .unwrap();
+    assert_eq!(code, Some(1));
+    assert!(err.contains("300ms"), "{err}");
+    assert!(took < Duration::from_secs(10), "bounded: {took:?}");
+    // Only http:// URLs (TLS is not in this version's probe).
+    let (code, err, _) = health("https://127.0.0.1:1/".into(), "1s").await.unwrap();
+    assert_eq!(code, Some(1));
+    assert!(err.contains("http://"), "{err}");
+}
+
+#[test]
+fn the_usual_flags_still_work_beside_the_subcommand() {
+    let (code, out, _) = run(&["--version"], &[]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("letta-proxy "), "{out}");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/letta-proxy.toml");
+    let (code, out, _) = run(&["-c", path, "--check"], &[]);
+    assert_eq!(code, 0);
+    assert!(out.contains("config ok"), "{out}");
+    // The subcommand and the run flags do not mix.
+    let (code, _, err) = run(&["--check", "health", "http://127.0.0.1:1/"], &[]);
+    assert_eq!(code, 2, "{err}");
+}
+
+/// The `--demo` lines tell the truth: the round-robin loop shows each replica
+/// in turn (the cache does not answer it), and the cache loop shows a MISS
+/// then a HIT. The printed commands are parsed and sent as curl would.
+#[tokio::test]
+async fn the_demo_commands_show_round_robin_and_a_cache_hit() {
+    use std::io::BufRead;
+    use std::time::{Duration, Instant};
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/letta-proxy.toml");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_letta-proxy"))
+        .args(["--demo", "-c", path])
+        .env("LETTA_PROXY__SERVER__LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let lines = tokio::task::spawn_blocking(move || {
+        let mut lines = Vec::new();
+        for l in std::io::BufReader::new(stdout).lines().take(40) {
+            let l = l.unwrap();
+            let end = l.contains("Ctrl-C stops");
+            lines.push(l);
+            if end {
+                break;
+            }
+        }
+        lines
+    });
+    let lines = tokio::time::timeout(Duration::from_secs(30), lines)
+        .await
+        .expect("demo printed its lines")
+        .unwrap();
+    let loop_line = |needle: &str| {
+        lines
+            .iter()
+            .find(|l| l.contains(needle) && l.contains("curl"))
+            .unwrap_or_else(|| panic!("no line with {needle}: {lines:#?}"))
+            .clone()
+    };
+    // `for i in 1 2 3 …; do curl … -H 'k: v' … http://… | grep …; done`
+    let parse = |line: &str| {
+        let count = line
+            .split("for i in ")
+            .nth(1)
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .count();
+        let curl = line
+            .split("curl ")
+            .nth(1)
+            .unwrap()
+            .split(" | ")
+            .next()
+            .unwrap();
+        let headers: Vec<(String, String)> = curl
+            .split("-H '")
+            .skip(1)
+            .map(|h| {
+                let h = h.split('\'').next().unwrap();
+                let (k, v) = h.split_once(':').unwrap();
+                (k.trim().to_string(), v.trim().to_string())
+            })
+            .collect();
+        let url = curl
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap()
+            .to_string();
+        (count, headers, url)
+    };
+    let c = reqwest::Client::builder().no_proxy().build().unwrap();
+    let send = |headers: Vec<(String, String)>, url: String| {
+        let c = c.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let mut req = c.get(&url);
+                for (k, v) in &headers {
+                    req = req.header(k, v);
+                }
+                match req.send().await {
+                    Ok(r) => break r,
+                    Err(e) => {
+                        assert!(Instant::now() < deadline, "{url}: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }
+    };
+
+    let (n, headers, url) = parse(&loop_line("x-letta-proxy-backend"));
+    assert_eq!(n, 6);
+    let mut seen = Vec::new();
+    for _ in 0..n {
+        let r = send(headers.clone(), url.clone()).await;
+        assert_eq!(r.status(), 200);
+        seen.push(
+            r.headers()["x-letta-proxy-backend"]
+                .to_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    // Round robin over three: a cycle of three distinct replicas, repeated.
+    let mut first3 = seen[..3].to_vec();
+    first3.sort();
+    first3.dedup();
+    assert_eq!(first3.len(), 3, "round robin shows every replica: {seen:?}");
+    assert_eq!(seen[..3], seen[3..], "in turn: {seen:?}");
+
+    let (n, headers, url) = parse(&loop_line("x-cache"));
+    assert_eq!(n, 2);
+    let mut cache = Vec::new();
+    for _ in 0..n {
+        let r = send(headers.clone(), url.clone()).await;
+        assert_eq!(r.status(), 200);
+        cache.push(r.headers()["x-cache"].to_str().unwrap().to_string());
+    }
+    assert_eq!(cache, ["MISS", "HIT"]);
+    let _ = child.kill();
+    let _ = child.wait();
+}
