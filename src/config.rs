@@ -61,12 +61,7 @@ impl Default for Config {
         Config {
             server: ServerConfig::default(),
             balancer: BalancerConfig::default(),
-            backends: vec![BackendConfig {
-                name: "letta".into(),
-                url: "http://127.0.0.1:8283".into(),
-                weight: 1,
-                max_in_flight: None,
-            }],
+            backends: vec![BackendConfig::new("letta", "http://127.0.0.1:8283")],
             health: HealthConfig::default(),
             cache: CacheConfig::default(),
             limits: LimitsConfig::default(),
@@ -114,6 +109,25 @@ pub struct ServerConfig {
     pub pool_max_idle_per_backend: usize,
     /// Most concurrent client connections; further accepts wait.
     pub max_connections: usize,
+    /// `[server.tls]`: HTTPS on `listen` when present.
+    pub tls: Option<ServerTlsConfig>,
+}
+
+/// `[server.tls]`: certificate and key for HTTPS on `server.listen` (checked by
+/// [`crate::tls::validate`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsConfig {
+    /// PEM certificate chain, leaf first (re-read on reload).
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the leaf.
+    pub key_file: PathBuf,
+    /// PEM CA certificates: when set, clients must present a certificate they signed (mTLS).
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// Plain-HTTP listener that answers every request with a redirect to HTTPS.
+    #[serde(default)]
+    pub redirect_http_listen: Option<SocketAddr>,
 }
 
 impl Default for ServerConfig {
@@ -131,6 +145,7 @@ impl Default for ServerConfig {
             pool_idle_timeout: Duration::from_secs(60),
             pool_max_idle_per_backend: 1024,
             max_connections: 10_000,
+            tls: None,
         }
     }
 }
@@ -141,7 +156,7 @@ impl Default for ServerConfig {
 pub struct BackendConfig {
     /// Unique name, used in metrics and the `x-letta-proxy-backend` header.
     pub name: String,
-    /// Base URL, `http://host:port` (no path).
+    /// Base URL, `http://host[:port]` or `https://host[:port]` (no path).
     pub url: String,
     /// Relative share of traffic (>= 1).
     #[serde(default = "one")]
@@ -149,6 +164,39 @@ pub struct BackendConfig {
     /// Most requests in flight on this backend; `limits.max_in_flight_per_backend` when unset.
     #[serde(default)]
     pub max_in_flight: Option<u64>,
+    /// `https://` only: PEM CA certificates that sign the backend's certificate
+    /// (instead of the system roots).
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// `https://` only: PEM client certificate chain presented to the backend (with `tls_key_file`).
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// `https://` only: PEM private key of `tls_cert_file`.
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
+    /// `https://` only: name sent as SNI and checked against the certificate (default: the URL's host).
+    #[serde(default)]
+    pub tls_server_name: Option<String>,
+    /// `https://` only: offer HTTP/2 by ALPN (HTTP/1.1 when the backend does not pick it).
+    #[serde(default)]
+    pub http2: bool,
+}
+
+impl BackendConfig {
+    /// A backend with weight 1, no cap of its own and no TLS options.
+    pub fn new(name: impl Into<String>, url: impl Into<String>) -> BackendConfig {
+        BackendConfig {
+            name: name.into(),
+            url: url.into(),
+            weight: 1,
+            max_in_flight: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_server_name: None,
+            http2: false,
+        }
+    }
 }
 
 fn one() -> u32 {
@@ -367,7 +415,8 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks what the types cannot: backend names, URLs, weights, strategy options.
+    /// Checks what the types cannot: backend names, URLs, weights, strategy options,
+    /// TLS settings (their files are read: a bad certificate fails here, file named).
     pub fn validate(&self) -> Result<(), String> {
         if self.backends.is_empty() {
             return Err("at least one [[backends]] entry is required".into());
@@ -413,6 +462,7 @@ impl Config {
             return Err("server.max_connections must be at least 1".into());
         }
         self.cache.validate()?;
+        crate::tls::validate(self)?;
         Ok(())
     }
 }

@@ -12,6 +12,8 @@
 //! - [`server`]: accepts HTTP/1.1 and h2c connections, answers the proxy's own
 //!   paths (`/metrics`, `/-/healthy`, `/-/ready`, `/-/stats`, `/-/status`,
 //!   `/-/batch`), serves the admin API, reloads the config, drains on shutdown.
+//! - [`tls`]: HTTPS for clients and `https://` backends: rustls configurations
+//!   from PEM files, certificate reload, handshakes, the plain-HTTP redirect.
 //! - [`cache`]: the response cache as a tower layer in front of the proxy:
 //!   in-process and Redis tiers, identity-scoped keys, invalidation by Letta
 //!   ids across instances, coalescing, unchanged-write suppression.
@@ -53,6 +55,7 @@ pub mod routes;
 pub mod server;
 pub mod standin;
 pub mod stats;
+pub mod tls;
 
 pub use config::Config;
 pub use proxy::Proxy;
