@@ -227,25 +227,35 @@ async fn tls_listener_negotiates_h2_and_http11_by_alpn() {
     let leaf = pki.server("server", &[]);
     let server = https_server(ServerTls::load(&files(&leaf, None)).unwrap()).await;
 
-    // reqwest (rustls, the test CA only): h2 by ALPN, and HTTP/1.1 when asked.
-    let ca = reqwest::Certificate::from_pem(&std::fs::read(pki.ca_file()).unwrap()).unwrap();
-    let url = format!("https://localhost:{}/", server.addr.port());
-    for (http1_only, want_version, want_body) in [
-        (false, Version::HTTP_2, "HTTP/2.0 h2"),
-        (true, Version::HTTP_11, "HTTP/1.1 http/1.1"),
-    ] {
-        let mut b = reqwest::Client::builder()
-            .no_proxy()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(ca.clone())
-            .resolve("localhost", server.addr);
-        if http1_only {
-            b = b.http1_only();
-        }
-        let resp = b.build().unwrap().get(&url).send().await.unwrap();
-        assert_eq!(resp.version(), want_version);
-        assert_eq!(resp.text().await.unwrap(), want_body);
-    }
+    // A client offering h2 and http/1.1 gets h2 and speaks HTTP/2.
+    let stream = tls_connect(
+        server.addr,
+        client_config(pki.ca_file(), &[b"h2", b"http/1.1"], None, BOTH),
+    )
+    .await
+    .unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("https://localhost/")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.version(), Version::HTTP_2);
+    assert_eq!(text(resp.into_body()).await, "HTTP/2.0 h2");
+
+    // Offering only http/1.1 gets HTTP/1.1.
+    let stream = tls_connect(
+        server.addr,
+        client_config(pki.ca_file(), &[b"http/1.1"], None, BOTH),
+    )
+    .await
+    .unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    assert_eq!(get_h1(stream, "/").await.unwrap(), "HTTP/1.1 http/1.1");
 
     // A client without ALPN gets HTTP/1.1.
     let stream = tls_connect(server.addr, client_config(pki.ca_file(), &[], None, BOTH))
