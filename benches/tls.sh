@@ -117,12 +117,13 @@ declare -A TLS=([nginx]= [nginx_tls]=1 [ours]= [ours_tls]=1)
   echo "letta-proxy: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')  rustc: $(rustc --version)"
   echo "certificate: $CERT  rounds: $ROUNDS x ${DURATION}s  handshake clients: $HS_CONC  wrk connections: $CONNS"
   echo "pinning: proxies on CPU $PROXY_CPU, backends and load on CPU $LOAD_CPU"
+  echo "loadavg at start: $(cat /proc/loadavg)"
 } > "$OUT/env.txt"
 ACTIVE=()
 for t in $TARGETS; do
   if [ -n "${TLS[$t]}" ]; then
     probe=$(timeout 5 openssl s_client -connect "127.0.0.1:${PORT[$t]}" -servername localhost \
-            -alpn h2,http/1.1 </dev/null 2>/dev/null || true)
+            -alpn h2,http/1.1 </dev/null 2>/dev/null | tr -d '\0' || true)
     if ! grep -q '^New, TLSv1' <<<"$probe"; then
       echo "$t: skipped: no TLS on 127.0.0.1:${PORT[$t]} (this letta-proxy build does not serve [server.tls] yet)" | tee -a "$OUT/env.txt"
       continue
@@ -148,8 +149,11 @@ import json, sys
 t, r, c0, c1, hz, j = sys.argv[1:]
 d = json.loads(j)
 n = max(d["handshakes"], 1)
-cpu_us = (int(c1) - int(c0)) * 1e6 / int(hz) / n
-print(f'{t}\t{r}\t{d["rate"]:.0f}\t{cpu_us:.1f}\t{d["errors"]}\t{d["negotiated"]}')
+server_s = (int(c1) - int(c0)) / int(hz)
+cpu_us = server_s * 1e6 / n
+busy = 100 * server_s / d["seconds"]
+client = 100 * d["client_cpu_s"] / d["seconds"]
+print(f'{t}\t{r}\t{d["rate"]:.0f}\t{cpu_us:.1f}\t{d["errors"]}\t{busy:.0f}\t{client:.0f}\t{d["negotiated"]}')
 PY
 }
 
@@ -187,6 +191,7 @@ for r in $(seq "$ROUNDS"); do
   done
 done
 
+echo "loadavg at end: $(cat /proc/loadavg)" >> "$OUT/env.txt"
 python3 - "$OUT" "${ACTIVE[@]}" > "$OUT/summary.md" <<'PY'
 import csv, statistics, sys
 out, targets = sys.argv[1], sys.argv[2:]
@@ -198,10 +203,12 @@ def med(rs, t, col):
 hs, ka = rows("handshakes"), rows("keepalive")
 print(open(f"{out}/env.txt").read())
 print("(a) one request per new connection (full TLS handshake on TLS targets), medians of rounds\n")
-print("| target | connections/s | server CPU µs per connection | errors |")
-print("|---|---|---|---|")
+print("| target | connections/s | server CPU µs per connection | server core busy % | load generator busy % | errors |")
+print("|---|---|---|---|---|---|")
 for t in targets:
-    print(f"| {t} | {med(hs,t,2):.0f} | {med(hs,t,3):.1f} | {sum(int(r[4]) for r in hs if r[0]==t)} |")
+    print(f"| {t} | {med(hs,t,2):.0f} | {med(hs,t,3):.1f} | {med(hs,t,5):.0f} | {med(hs,t,6):.0f} | {sum(int(r[4]) for r in hs if r[0]==t)} |")
+print("\n(server core busy % below ~95: the proxy was not the limit, e.g. the shared load core was;"
+      " compare CPU µs per connection then.)")
 print("\n(b) keep-alive GET, wrk, medians of rounds\n")
 print("| target | req/s | p99 µs | server CPU µs per request | errors |")
 print("|---|---|---|---|---|")

@@ -16,7 +16,9 @@
 //! ```
 //! sends `GET PATH` with `Connection: close` to ADDR (127.0.0.1 only) from
 //! CONCURRENCY connections at a time for SECONDS, then prints one JSON line:
-//! `{"handshakes":N,"errors":E,"seconds":S,"rate":R,"negotiated":"..."}`.
+//! `{"handshakes":N,"errors":E,"seconds":S,"rate":R,"client_cpu_s":C,"negotiated":"..."}`
+//! (`client_cpu_s`: this process's user + system CPU time, to tell whether the load
+//! generator, rather than the server, set the rate).
 //! `plain` does the same without TLS (the TCP-only baseline).
 
 #![forbid(unsafe_code)]
@@ -97,6 +99,22 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, request: &[u8]) -
     buf.starts_with(b"HTTP/1.1 200")
 }
 
+/// User + system CPU seconds of this process so far (Linux: /proc/self/stat).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may contain spaces) start at state (field 3).
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15, i.e. 11 and 12 after the state; 100 Hz on Linux.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.len() < 4 {
@@ -125,6 +143,7 @@ fn main() {
         let ok = Arc::new(AtomicU64::new(0));
         let errors = Arc::new(AtomicU64::new(0));
         let negotiated = Arc::new(Mutex::new(String::new()));
+        let cpu0 = cpu_seconds();
         let start = Instant::now();
         let deadline = start + Duration::from_secs_f64(seconds);
         let mut tasks = Vec::new();
@@ -171,9 +190,10 @@ fn main() {
         let secs = start.elapsed().as_secs_f64();
         let n = ok.load(Ordering::Relaxed);
         println!(
-            "{{\"handshakes\":{n},\"errors\":{},\"seconds\":{secs:.3},\"rate\":{:.1},\"negotiated\":\"{}\"}}",
+            "{{\"handshakes\":{n},\"errors\":{},\"seconds\":{secs:.3},\"rate\":{:.1},\"client_cpu_s\":{:.2},\"negotiated\":\"{}\"}}",
             errors.load(Ordering::Relaxed),
             n as f64 / secs,
+            cpu_seconds() - cpu0,
             if plain { "plain".to_string() } else { negotiated.lock().expect("not poisoned").clone() }
         );
     });

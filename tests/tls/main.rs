@@ -715,6 +715,24 @@ url = "http://127.0.0.1:8283"
     assert!(a.http2 && a.tls_cert_file.is_some() && a.tls_key_file.is_some());
     assert!(!c.backends[1].http2 && c.backends[1].tls_ca_file.is_none());
 
+    // The keys can come from the environment like any other.
+    let c = Config::from_toml(
+        "",
+        "env",
+        [
+            (
+                "LETTA_PROXY__SERVER__TLS__CERT_FILE".to_string(),
+                leaf.cert_file.display().to_string(),
+            ),
+            (
+                "LETTA_PROXY__SERVER__TLS__KEY_FILE".to_string(),
+                leaf.key_file.display().to_string(),
+            ),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.server.tls.unwrap().key_file, leaf.key_file);
+
     // The --check path: a mismatched key fails loading the config, file named.
     let err = Config::from_toml(&toml(&other.key_file), "tls.toml", std::iter::empty())
         .unwrap_err()
