@@ -18,12 +18,7 @@ fn batch(c: &mut Criterion) {
         let mut cfg = Config {
             backends: [&a, &b]
                 .iter()
-                .map(|s| BackendConfig {
-                    name: s.name.clone(),
-                    url: s.url(),
-                    weight: 1,
-                    max_in_flight: None,
-                })
+                .map(|s| BackendConfig::new(s.name.clone(), s.url()))
                 .collect(),
             ..Config::default()
         };

@@ -99,11 +99,11 @@ fn reload(c: &mut Criterion) {
         // Loopback addresses: nothing is ever contacted, but never point outside.
         let mut cfg = Config {
             backends: (0..n)
-                .map(|i| BackendConfig {
-                    name: format!("letta-{i}"),
-                    url: format!("http://127.0.{}.{}:8283", i / 250, i % 250 + 1),
-                    weight: 1,
-                    max_in_flight: None,
+                .map(|i| {
+                    BackendConfig::new(
+                        format!("letta-{i}"),
+                        format!("http://127.0.{}.{}:8283", i / 250, i % 250 + 1),
+                    )
                 })
                 .collect(),
             ..Config::default()

@@ -26,6 +26,8 @@
 //! - [`backend`]: the live backend set, swapped atomically; per backend its
 //!   connection pool, in-flight slots and their wait queue, health verdicts.
 //! - [`health`]: the active prober feeding the backends' health verdicts.
+//! - [`tls`]: HTTPS for clients and `https://` backends: rustls configurations
+//!   from PEM files, certificate reload, handshakes, the plain-HTTP redirect.
 //! - [`balance`]: the selection strategies behind one small, pure trait.
 //! - Leaves: [`body`] (bodies both ways and what is held until they end),
 //!   [`routes`] (what a Letta path means), [`identity`] (which headers say who
@@ -55,6 +57,7 @@ pub mod server;
 #[doc(hidden)]
 pub mod standin;
 pub mod stats;
+pub mod tls;
 
 pub use config::Config;
 pub use gateway::Gateway;

@@ -174,12 +174,7 @@ async fn run(mut config: Config, path: Option<PathBuf>, demo: bool) -> anyhow::R
             let s = StandIn::start(name)
                 .await
                 .context("starting a stand-in backend")?;
-            config.backends.push(BackendConfig {
-                name: name.into(),
-                url: s.url(),
-                weight: 1,
-                max_in_flight: None,
-            });
+            config.backends.push(BackendConfig::new(name, s.url()));
             standins.push(s);
         }
     }

@@ -50,8 +50,16 @@ fn broken_files_fail_clearly() {
         ("[balancer]\nstrategy = \"fastest\"\n", "fastest"),
         ("[server]\nconnect_timeout = 5\n", "connect_timeout"),
         (
-            "[[backends]]\nname = \"a\"\nurl = \"https://x:1\"\n",
+            "[[backends]]\nname = \"a\"\nurl = \"ftp://x:1\"\n",
             "backends[0].url",
+        ),
+        (
+            "[[backends]]\nname = \"a\"\nurl = \"https://x:1\"\ntls_ca_file = \"/nonexistent/ca.pem\"\n",
+            "/nonexistent/ca.pem",
+        ),
+        (
+            "[server.tls]\ncert_file = \"/nonexistent/cert.pem\"\nkey_file = \"/nonexistent/key.pem\"\n",
+            "/nonexistent/cert.pem",
         ),
     ] {
         let f = write(text);

@@ -16,7 +16,6 @@ pub mod health_state;
 pub mod outlier;
 pub mod pool;
 pub mod queue;
-mod url;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -29,8 +28,8 @@ use rand::RngCore;
 use health_state::{HealthState, Transition};
 use outlier::{Outlier, OutlierPolicy};
 
+pub use crate::config::BackendUrl;
 pub use guard::InFlight;
-pub use url::BackendUrl;
 
 use crate::balance::{self, BackendSpec, LoadView, PickRequest, Strategy};
 use crate::config::Config;

@@ -15,12 +15,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http::uri::Authority;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::body::slot::RequestBody;
+use crate::config::BackendUrl;
 
 /// Pool settings (from `[server]`).
 #[derive(Debug, Clone, Copy)]
@@ -72,8 +72,8 @@ impl Pool {
         })
     }
 
-    /// An idle connection if one is alive, else a new one to `authority`.
-    pub async fn checkout(self: &Arc<Self>, authority: &Authority) -> Result<Pooled, ConnectError> {
+    /// An idle connection if one is alive, else a new one to `url`.
+    pub async fn checkout(self: &Arc<Self>, url: &BackendUrl) -> Result<Pooled, ConnectError> {
         if let Some(sender) = self.take_idle() {
             return Ok(Pooled {
                 sender: Some(sender),
@@ -81,14 +81,14 @@ impl Pool {
                 reused: true,
             });
         }
-        self.connect(authority).await
+        self.connect(url).await
     }
 
     /// A new connection, never an idle one.
-    pub async fn connect(self: &Arc<Self>, authority: &Authority) -> Result<Pooled, ConnectError> {
+    pub async fn connect(self: &Arc<Self>, url: &BackendUrl) -> Result<Pooled, ConnectError> {
         let timeout = self.config.connect_timeout;
         let stream =
-            match tokio::time::timeout(timeout, TcpStream::connect(authority.as_str())).await {
+            match tokio::time::timeout(timeout, TcpStream::connect((url.host(), url.port))).await {
                 Ok(s) => s?,
                 Err(_) => return Err(ConnectError::Timeout(timeout)),
             };

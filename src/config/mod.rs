@@ -17,6 +17,7 @@ use crate::balance::BalancerConfig;
 mod cache;
 mod env;
 mod size;
+mod url;
 
 pub use cache::{default_rules, default_vary, CacheConfig, CacheRule};
 
@@ -24,7 +25,9 @@ pub use cache::{default_rules, default_vary, CacheConfig, CacheRule};
 /// whole by a reload: a request loads it once and sees one version throughout.
 pub type SharedConfig = std::sync::Arc<arc_swap::ArcSwap<Config>>;
 
+pub use crate::tls::ServerTlsConfig;
 pub use size::{de_size, parse_size};
+pub use url::BackendUrl;
 
 /// Prefix of environment variables that override config keys.
 pub const ENV_PREFIX: &str = "LETTA_PROXY__";
@@ -80,12 +83,7 @@ impl Default for Config {
         Config {
             server: ServerConfig::default(),
             balancer: BalancerConfig::default(),
-            backends: vec![BackendConfig {
-                name: "letta".into(),
-                url: "http://127.0.0.1:8283".into(),
-                weight: 1,
-                max_in_flight: None,
-            }],
+            backends: vec![BackendConfig::new("letta", "http://127.0.0.1:8283")],
             health: HealthConfig::default(),
             cache: CacheConfig::default(),
             limits: LimitsConfig::default(),
@@ -136,6 +134,8 @@ pub struct ServerConfig {
     pub pool_max_idle_per_backend: usize,
     /// Most concurrent client connections; further accepts wait.
     pub max_connections: usize,
+    /// `[server.tls]`: HTTPS on `listen` when present.
+    pub tls: Option<ServerTlsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -154,6 +154,7 @@ impl Default for ServerConfig {
             pool_idle_timeout: Duration::from_secs(60),
             pool_max_idle_per_backend: 1024,
             max_connections: 10_000,
+            tls: None,
         }
     }
 }
@@ -164,7 +165,7 @@ impl Default for ServerConfig {
 pub struct BackendConfig {
     /// Unique name, used in metrics and the `x-letta-proxy-backend` header.
     pub name: String,
-    /// Base URL, `http://host:port` (no path).
+    /// Base URL, `http://host[:port]` or `https://host[:port]` (no path).
     pub url: String,
     /// Relative share of traffic (>= 1).
     #[serde(default = "one")]
@@ -172,6 +173,52 @@ pub struct BackendConfig {
     /// Most requests in flight on this backend; `limits.max_in_flight_per_backend` when unset.
     #[serde(default)]
     pub max_in_flight: Option<u64>,
+    /// `https://` only: PEM CA certificates that sign the backend's certificate
+    /// (instead of the system roots).
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// `https://` only: PEM client certificate chain presented to the backend (with `tls_key_file`).
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// `https://` only: PEM private key of `tls_cert_file`.
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
+    /// `https://` only: name sent as SNI and checked against the certificate (default: the URL's host).
+    #[serde(default)]
+    pub tls_server_name: Option<String>,
+    /// `https://` only: offer HTTP/2 by ALPN (HTTP/1.1 when the backend does not pick it).
+    #[serde(default)]
+    pub http2: bool,
+}
+
+impl BackendConfig {
+    /// How to speak TLS to this backend (its URL parsed as `url`); `None` for `http://`.
+    pub fn tls_options<'a>(&'a self, url: &'a BackendUrl) -> Option<crate::tls::ClientOptions<'a>> {
+        url.is_tls().then(|| crate::tls::ClientOptions {
+            ca_file: self.tls_ca_file.as_deref(),
+            client_cert: self
+                .tls_cert_file
+                .as_deref()
+                .zip(self.tls_key_file.as_deref()),
+            server_name: self.tls_server_name.as_deref().unwrap_or(url.host()),
+            http2: self.http2,
+        })
+    }
+
+    /// A backend with weight 1, no cap of its own and no TLS options.
+    pub fn new(name: impl Into<String>, url: impl Into<String>) -> BackendConfig {
+        BackendConfig {
+            name: name.into(),
+            url: url.into(),
+            weight: 1,
+            max_in_flight: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_server_name: None,
+            http2: false,
+        }
+    }
 }
 
 fn one() -> u32 {
@@ -439,7 +486,8 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks what the types cannot: backend names, URLs, weights, strategy options.
+    /// Checks what the types cannot: backend names, URLs, weights, strategy options,
+    /// TLS settings (their files are read: a bad certificate fails here, file named).
     pub fn validate(&self) -> Result<(), String> {
         if self.backends.is_empty() {
             return Err("at least one [[backends]] entry is required".into());
@@ -458,8 +506,7 @@ impl Config {
             if b.weight == 0 {
                 return Err(format!("backends[{i}].weight must be at least 1"));
             }
-            crate::backend::BackendUrl::parse(&b.url)
-                .map_err(|e| format!("backends[{i}].url {:?}: {e}", b.url))?;
+            BackendUrl::parse(&b.url).map_err(|e| format!("backends[{i}].url {:?}: {e}", b.url))?;
         }
         self.balancer
             .validate()
@@ -488,6 +535,53 @@ impl Config {
             return Err("server.max_connections must be at least 1".into());
         }
         self.cache.validate()?;
+        self.validate_tls()?;
+        Ok(())
+    }
+
+    /// Checks `[server.tls]` and the `tls_*` / `http2` keys of every backend,
+    /// and loads their files, so `--check` and a reload fail on a missing,
+    /// unreadable or mismatched certificate or key, naming the file. An expired
+    /// certificate is not an error here: it is reported at start and in
+    /// `/-/status`.
+    fn validate_tls(&self) -> Result<(), String> {
+        if let Some(tls) = &self.server.tls {
+            if let Some(redirect) = tls.redirect_http_listen {
+                let taken = [Some(self.server.listen), self.server.admin_listen];
+                if redirect.port() != 0 && taken.contains(&Some(redirect)) {
+                    return Err(format!(
+                        "server.tls.redirect_http_listen {redirect} is already used by another listener"
+                    ));
+                }
+            }
+            crate::tls::ServerTls::load(tls).map_err(|e| format!("[server.tls]: {e}"))?;
+        }
+        for (i, b) in self.backends.iter().enumerate() {
+            let url = BackendUrl::parse(&b.url).map_err(|e| format!("backends[{i}].url: {e}"))?;
+            let Some(options) = b.tls_options(&url) else {
+                let set = [
+                    ("tls_ca_file", b.tls_ca_file.is_some()),
+                    ("tls_cert_file", b.tls_cert_file.is_some()),
+                    ("tls_key_file", b.tls_key_file.is_some()),
+                    ("tls_server_name", b.tls_server_name.is_some()),
+                    ("http2", b.http2),
+                ];
+                if let Some((key, _)) = set.iter().find(|(_, on)| *on) {
+                    return Err(format!(
+                        "backends[{i}].{key} needs an https:// url (url is {:?})",
+                        b.url
+                    ));
+                }
+                continue;
+            };
+            if b.tls_cert_file.is_some() != b.tls_key_file.is_some() {
+                return Err(format!(
+                    "backends[{i}]: set tls_cert_file and tls_key_file together (a client certificate needs its key)"
+                ));
+            }
+            crate::tls::BackendTls::new(&options)
+                .map_err(|e| format!("backends[{i}] ({}): {e}", b.name))?;
+        }
         Ok(())
     }
 }

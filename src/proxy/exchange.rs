@@ -233,7 +233,7 @@ impl<'a> Exchange<'a> {
         slot: &BodySlot,
         may_resend: bool,
     ) -> Sent {
-        let mut conn = match backend.pool.checkout(&backend.url.authority).await {
+        let mut conn = match backend.pool.checkout(&backend.url).await {
             Ok(conn) => conn,
             Err(e) => return Sent::Unreachable(e),
         };
@@ -443,7 +443,7 @@ async fn send_on(
                 Some(Box::new(req)),
             ));
         }
-        match backend.pool.connect(&backend.url.authority).await {
+        match backend.pool.connect(&backend.url).await {
             Ok(fresh) => *conn = fresh,
             Err(e) => return Err(SendError::NotSent(e, Some(Box::new(req)))),
         }

@@ -134,12 +134,7 @@ pub fn dead_backend(name: &str) -> BackendConfig {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     drop(l);
-    BackendConfig {
-        name: name.into(),
-        url: format!("http://{addr}"),
-        weight: 1,
-        max_in_flight: None,
-    }
+    BackendConfig::new(name, format!("http://{addr}"))
 }
 
 /// An HTTP client for tests: no environment proxy, no pooling surprises.
