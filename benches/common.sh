@@ -4,10 +4,11 @@
 # writes letta-proxy's bench config.
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 HARNESS=$ROOT/benches/harness
+case ${CARGO_TARGET_DIR:-target} in /*) TARGET_DIR=$CARGO_TARGET_DIR ;; *) TARGET_DIR=$ROOT/${CARGO_TARGET_DIR:-target} ;; esac
 # The harness's backend is a separate Cargo project, built into target/bench-harness.
-export HARNESS_TARGET=${HARNESS_TARGET:-$ROOT/target/bench-harness}
+export HARNESS_TARGET=${HARNESS_TARGET:-$TARGET_DIR/bench-harness}
 BE=$HARNESS_TARGET/release/backend
-BIN=$ROOT/target/release/letta-proxy
+BIN=$TARGET_DIR/release/letta-proxy
 
 need() { # tool... : exit when one is missing
   for tool; do command -v "$tool" >/dev/null || { echo "needs $tool" >&2; exit 1; }; done

@@ -171,7 +171,8 @@ else
   log "cargo build --release --bin letta-proxy"
   run_step 2400 cargo build --release --bin letta-proxy \
     || die "cargo build --release --bin letta-proxy failed (output above)"
-  PROXY_BIN=$REPO/target/release/letta-proxy
+  case ${CARGO_TARGET_DIR:-target} in /*) TARGET_DIR=$CARGO_TARGET_DIR ;; *) TARGET_DIR=$REPO/${CARGO_TARGET_DIR:-target} ;; esac
+  PROXY_BIN=$TARGET_DIR/release/letta-proxy
 fi
 [ -x "$PROXY_BIN" ] || die "no letta-proxy binary at $PROXY_BIN"
 for f in "$CONFIG" "$SECURE_CONFIG"; do
