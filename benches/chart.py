@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Render req/s and p99 per target from one run of the shared bench harness as an SVG.
+"""Render req/s and p99 per target from one run of the bench harness (benches/harness/run.sh) as an SVG.
 
 usage: benches/chart.py OUTDIR [TARGET...] > docs/benchmarks.svg
 

@@ -1,24 +1,31 @@
-# Sourced by the benchmark scripts (load.sh, scaling.sh, memory.sh, cpu.sh): finds the
-# shared side-by-side harness (../shared/bench, or BENCH_DIR), builds what they run, keeps
-# track of the processes they start, and writes letta-proxy's bench config.
+# Sourced by the benchmark scripts (load.sh, scaling.sh, memory.sh, cpu.sh): locates the
+# side-by-side harness (benches/harness: stand-in backend, SSE probe, nginx/HAProxy configs,
+# wrk scripts, run.sh), builds what they run, keeps track of the processes they start, and
+# writes letta-proxy's bench config.
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-SHARED=${BENCH_DIR:-$ROOT/../shared/bench}
-[ -x "$SHARED/run.sh" ] || { echo "harness not found at $SHARED (set BENCH_DIR)" >&2; exit 1; }
-# The harness builds its backend inside its own folder: use a writable copy when needed.
-if [ ! -w "$SHARED" ]; then
-  WORK=/tmp/letta-proxy-bench-harness
-  if [ ! -x "$WORK/run.sh" ]; then rm -rf "$WORK"; cp -r "$SHARED" "$WORK"; chmod -R u+w "$WORK"; fi
-  SHARED=$WORK
-fi
-BE=$SHARED/backend/target/release/backend
-BIN=$ROOT/target/release/letta-proxy
+HARNESS=$ROOT/benches/harness
+case ${CARGO_TARGET_DIR:-target} in /*) TARGET_DIR=$CARGO_TARGET_DIR ;; *) TARGET_DIR=$ROOT/${CARGO_TARGET_DIR:-target} ;; esac
+# The harness's backend is a separate Cargo project, built into target/bench-harness.
+export HARNESS_TARGET=${HARNESS_TARGET:-$TARGET_DIR/bench-harness}
+BE=$HARNESS_TARGET/release/backend
+BIN=$TARGET_DIR/release/letta-proxy
 
 need() { # tool... : exit when one is missing
   for tool; do command -v "$tool" >/dev/null || { echo "needs $tool" >&2; exit 1; }; done
 }
 
-build_backend() { # the harness's stand-in Letta backend (release)
-  [ -x "$BE" ] || (cd "$SHARED/backend" && cargo build --release -q)
+build_backend() { # the harness's stand-in Letta backend and SSE probe (release)
+  cargo build --release -q --manifest-path "$HARNESS/backend/Cargo.toml" --target-dir "$HARNESS_TARGET"
+}
+
+install_tools() { # tool...: apt-get install the Debian packages of the same name when one is missing
+  for tool; do
+    command -v "$tool" >/dev/null && continue
+    echo "installing $* (apt-get)" >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null; } \
+      || { echo "apt-get could not install $* (Debian archive unreachable?)" >&2; exit 2; }
+    return
+  done
 }
 
 build_proxy() { # letta-proxy (release); extra arguments go to cargo

@@ -5,22 +5,26 @@
 # samples in the kernel, the proxy and libc, and the kernel's wake-up cost.
 #
 #   benches/cpu.sh                 # ~2 min; ROUNDS=3 DURATION=5
+#   benches/cpu.sh quick           # ROUNDS=1 DURATION=2, for a smoke check (~30 s)
 #
-# Uses the shared harness's backends and nginx config (../shared/bench, or BENCH_DIR).
+# Uses the harness's backends, nginx config and wrk scripts (benches/harness).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
-ROUNDS=${ROUNDS:-3}
-DURATION=${DURATION:-5}
-need nginx wrk
+case ${1:-} in
+  "") ROUNDS=${ROUNDS:-3}; DURATION=${DURATION:-5} ;;
+  quick) ROUNDS=${ROUNDS:-1}; DURATION=${DURATION:-2} ;;
+  *) echo "usage: $0 [quick]" >&2; exit 2 ;;
+esac
+install_tools nginx wrk
 build_backend
 build_proxy
 TMP=$(mktemp -d /tmp/letta-proxy-cpu.XXXX)
 cleanup() {
-  nginx -p "$TMP/nginx" -c "$SHARED/peers/nginx.conf" -s stop 2>/dev/null || true
+  nginx -p "$TMP/nginx" -c "$HARNESS/peers/nginx.conf" -s stop 2>/dev/null || true
   stop_pids
 }
 trap cleanup EXIT
-export BENCH_LUA_DIR=$SHARED/lua
+export BENCH_LUA_DIR=$HARNESS/lua
 URL_PATH=/v1/agents/agent-00000000-0000-4000-8000-000000000001
 
 NOLIMITS=$'[limits]\nserialize_agent_writes = false'
@@ -30,7 +34,7 @@ mkdir -p "$TMP/nginx/logs" "$TMP/nginx/tmp"
 
 taskset -c 0 "$BE" --port 18081 --name be1 >/dev/null 2>&1 & PIDS+=($!)
 taskset -c 0 "$BE" --port 18082 --name be2 >/dev/null 2>&1 & PIDS+=($!)
-taskset -c 1 nginx -p "$TMP/nginx" -c "$SHARED/peers/nginx.conf" >/dev/null 2>&1 & PIDS+=($!)
+taskset -c 1 nginx -p "$TMP/nginx" -c "$HARNESS/peers/nginx.conf" >/dev/null 2>&1 & PIDS+=($!)
 taskset -c 1 "$BIN" --config "$TMP/ours.toml" >/dev/null 2>&1 & OURS=$!; PIDS+=($OURS)
 taskset -c 1 "$BIN" --config "$TMP/ours-cache.toml" >/dev/null 2>&1 & CACHE=$!; PIDS+=($CACHE)
 for port in 18081 18082 18090 18100 18101; do wait_port $port; done

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Side-by-side load benchmark: letta-proxy against direct, nginx and HAProxy, with the
-# shared harness (../shared/bench, see its README and RESULTS.md for the method).
+# harness in benches/harness (its README.md describes the method).
 #
-#   benches/load.sh                 # main table: direct nginx haproxy ours ours-cache (~13 min)
+#   benches/load.sh                 # main table: direct nginx nginx-cache haproxy ours ours-cache (~15 min)
 #   benches/load.sh features        # each layer on/off, GET and POST (~9 min)
-#   benches/load.sh quick           # 1 round x 5 s, for a smoke check
+#   benches/load.sh bypass          # the cache layer present but the route not cacheable
+#   benches/load.sh quick           # 1 round x 5 s, for a smoke check (~3 min)
+#
+# nginx-cache is nginx with proxy_cache on GETs (port 18095): the anchor for ours_cache's hits.
 #
 # Needs nginx, haproxy and wrk (apt-get install -y nginx haproxy wrk; installed when absent).
 # Results: /tmp/letta-proxy-bench/<stamp>/summary.md; docs/BENCHMARKS.md quotes one run.
@@ -13,9 +16,7 @@ set -euo pipefail
 MODE=${1:-main}
 source "$(dirname "$0")/common.sh"
 
-for tool in nginx haproxy wrk; do
-  command -v $tool >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx haproxy wrk; break; }
-done
+install_tools nginx haproxy wrk
 
 build_proxy
 CONF=$(mktemp -d /tmp/letta-proxy-bench-conf.XXXX)
@@ -39,9 +40,9 @@ export CMD_ours_cache=$(conf ours-cache 18101 "$NOLIMITS")
 
 case $MODE in
   main)
-    exec "$SHARED/run.sh" direct nginx haproxy ours=127.0.0.1:18100 ours_cache=127.0.0.1:18101 ;;
+    exec "$HARNESS/run.sh" direct nginx nginx-cache haproxy ours=127.0.0.1:18100 ours_cache=127.0.0.1:18101 ;;
   quick)
-    ROUNDS=1 DURATION=5 WARMUP=1 exec "$SHARED/run.sh" direct nginx ours=127.0.0.1:18100 ours_cache=127.0.0.1:18101 ;;
+    ROUNDS=1 DURATION=5 WARMUP=1 exec "$HARNESS/run.sh" direct nginx nginx-cache ours=127.0.0.1:18100 ours_cache=127.0.0.1:18101 ;;
   features)
     # Each layer switched on (or off) alone against `ours`.
     export CMD_ours_log=$(conf ours-log 18102 "$NOLIMITS"$'\n[cache]\nenabled = false')
@@ -49,11 +50,11 @@ case $MODE in
     export CMD_ours_nometrics=$(conf ours-nometrics 18103 "$NOLIMITS"$'\n[cache]\nenabled = false\n[metrics]\nenabled = false')
     export CMD_ours_ordered=$(conf ours-ordered 18104 $'[cache]\nenabled = false')
     export CMD_ours_bypass=$(conf ours-bypass 18105 "$NOLIMITS"$'\n[cache]\nenabled = true\n[[cache.rules]]\npath = "/v1/agents/**"\ncache = false')
-    WORKLOADS=${WORKLOADS:-"get post"} exec "$SHARED/run.sh" nginx ours=127.0.0.1:18100 ours_log=127.0.0.1:18102 \
+    WORKLOADS=${WORKLOADS:-"get post"} exec "$HARNESS/run.sh" nginx ours=127.0.0.1:18100 ours_log=127.0.0.1:18102 \
       ours_nometrics=127.0.0.1:18103 ours_ordered=127.0.0.1:18104 ours_bypass=127.0.0.1:18105 ;;
   bypass)
     # The cache layer in the stack but the route not cacheable: the layer's own cost.
     export CMD_ours_bypass=$(conf ours-bypass 18105 "$NOLIMITS"$'\n[cache]\nenabled = true\n[[cache.rules]]\npath = "/v1/agents/**"\ncache = false')
-    WORKLOADS=${WORKLOADS:-"get post"} exec "$SHARED/run.sh" nginx ours=127.0.0.1:18100 ours_bypass=127.0.0.1:18105 ;;
+    WORKLOADS=${WORKLOADS:-"get post"} exec "$HARNESS/run.sh" nginx ours=127.0.0.1:18100 ours_bypass=127.0.0.1:18105 ;;
   *) echo "usage: $0 [main|features|bypass|quick]" >&2; exit 2 ;;
 esac

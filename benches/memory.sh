@@ -3,14 +3,20 @@
 # client connections (idle after one GET each), and busy under wrk with N connections.
 #
 #   benches/memory.sh            # N = 1,000 and 10,000 (~3 min)
+#   benches/memory.sh quick      # N = 1,000 only (~1 min)
 #
-# Uses the shared harness's backends and nginx config (../shared/bench, or BENCH_DIR);
-# every measurement starts a fresh proxy process, pinned like benches/load.sh.
-# Needs nginx, wrk, python3; ulimit -n must allow 2 x N + a few hundred.
+# Uses the harness's backends and nginx config (benches/harness); every measurement
+# starts a fresh proxy process, pinned like benches/load.sh.
+# Needs nginx, wrk (installed when absent), python3; ulimit -n must allow 2 x N + a few hundred.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
-COUNTS=${COUNTS:-"1000 10000"}
-need nginx wrk python3
+case ${1:-} in
+  "") COUNTS=${COUNTS:-"1000 10000"} ;;
+  quick) COUNTS=${COUNTS:-1000} ;;
+  *) echo "usage: $0 [quick]" >&2; exit 2 ;;
+esac
+need python3
+install_tools nginx wrk
 ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 build_backend
 build_proxy
@@ -30,12 +36,12 @@ start() {
   case $1 in
     ours) LETTA_PROXY__SERVER__MAX_CONNECTIONS=20000 taskset -c 1 "$BIN" --config "$TMP/ours.toml" >/dev/null 2>&1 &
           PID=$!; PIDS+=($PID); PORT=18100 ;;
-    nginx) taskset -c 1 nginx -p "$TMP/nginx" -c "$SHARED/peers/nginx.conf" >/dev/null 2>&1 & PIDS+=($!); PORT=18090
+    nginx) taskset -c 1 nginx -p "$TMP/nginx" -c "$HARNESS/peers/nginx.conf" >/dev/null 2>&1 & PIDS+=($!); PORT=18090
            wait_port $PORT; PID=$(pgrep -P "$(cat "$TMP/nginx/nginx.pid")" -f "nginx: worker" | head -1) ;;
   esac
   wait_port $PORT
 }
-stop() { if [ "$1" = nginx ]; then nginx -p "$TMP/nginx" -c "$SHARED/peers/nginx.conf" -s stop 2>/dev/null || true; else kill "$PID"; fi; sleep 1; }
+stop() { if [ "$1" = nginx ]; then nginx -p "$TMP/nginx" -c "$HARNESS/peers/nginx.conf" -s stop 2>/dev/null || true; else kill "$PID"; fi; sleep 1; }
 
 echo "| target | connections | RSS idle MiB | RSS holding N idle connections MiB | per connection KiB | RSS busy (wrk, N connections) MiB |"
 echo "|---|---|---|---|---|---|"

@@ -6,20 +6,27 @@
 # One wrk run of DURATION s per cell after a 1 s warm-up; proxies pinned to CPU 1, load and
 # backends to CPU 0. Prints a markdown table. Bounded: every run is under `timeout`.
 #   benches/scaling.sh            (~6 min)
+#   benches/scaling.sh quick      one 1 s run per cell, 10,000 connections and 256 backends left out (~1 min)
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
-DURATION=${DURATION:-5}
+case ${1:-} in
+  "") DURATION=${DURATION:-5}; CONNS="64 1024 10000"; BACKENDS="16 256" ;;
+  quick) DURATION=${DURATION:-1}; CONNS="64 1024"; BACKENDS="16" ;;
+  *) echo "usage: $0 [quick]" >&2; exit 2 ;;
+esac
+install_tools nginx wrk
 WORK=$(mktemp -d /tmp/letta-proxy-scaling.XXXX)
 build_backend
 build_proxy -q
 ulimit -n 20000 2>/dev/null || true
 trap stop_pids EXIT INT TERM
 
-# 256 stand-in backends on 19000.. (only the first N are used by a given cell).
-for i in $(seq 0 255); do
+# The largest backend count's stand-ins on 19000.. (only the first N are used by a given cell).
+NMAX=$(printf '%s\n' 2 $BACKENDS | sort -n | tail -1)
+for i in $(seq 0 $((NMAX - 1))); do
   taskset -c 0 "$BE" --port $((19000 + i)) --name "b$i" >/dev/null 2>&1 & PIDS+=($!)
 done
-wait_port 19255
+wait_port $((19000 + NMAX - 1))
 
 start_pair() { # nbackends -> starts nginx on 18300 and ours on 18301
   local n=$1 i
@@ -72,13 +79,13 @@ row() { # dimension value nginx-result ours-result
     'BEGIN { printf "| %s | %s | %\047.0f | %s | %\047.0f | %s | %.2f |\n", d, v, nr, np, o, op, (nr > 0 ? o / nr : 0) }'
 }
 start_pair 2
-for c in 64 1024 10000; do row connections "$c" "$(run 18300 $c $GET)" "$(run 18301 $c $GET)"; done
+for c in $CONNS; do row connections "$c" "$(run 18300 $c $GET)" "$(run 18301 $c $GET)"; done
 for b in 1024 65536 1048576; do
   l=$(post_lua $b); c=64; [ $b -ge 1048576 ] && c=16
   row "POST echo body (conns)" "$b B ($c)" "$(run 18300 $c $POST "$l")" "$(run 18301 $c $POST "$l")"
 done
 stop_pair
-for n in 16 256; do
+for n in $BACKENDS; do
   start_pair $n
   row backends "$n" "$(run 18300 64 $GET)" "$(run 18301 64 $GET)"
   stop_pair

@@ -455,11 +455,13 @@ fn no_deployment_file_names_a_folder_outside_the_repository() {
             }
         }
     }
+    // Split so that this file does not name the folder itself.
+    let sibling = format!("../{}", "shared");
     for f in files {
         let text = std::fs::read_to_string(&f).unwrap_or_default();
         assert!(
-            !text.contains("../shared"),
-            "{} names ../shared",
+            !text.contains(&sibling),
+            "{} names {sibling}",
             f.display()
         );
     }

@@ -8,8 +8,11 @@ Environment (tests/e2e/run.sh sets all of it):
   LETTA_E2E_REQUIRE_PROXY  "1": the target must be letta-proxy; nothing skips, a missing proxy fails.
   LETTA_E2E_BACKENDS       backend names and URLs as in config/e2e.toml
                            (default "letta-a=http://127.0.0.1:8283,letta-b=http://127.0.0.1:8284").
-  LETTA_E2E_BASE           work dir of ../shared/letta/start_letta.sh (default /tmp/letta-e2e).
-  LETTA_E2E_START_LETTA    path of start_letta.sh (default: ../shared/letta/ beside the repository).
+  LETTA_E2E_BASE           work dir of the Letta kit, tests/e2e/kit/letta.sh (default /tmp/letta-e2e).
+  LETTA_E2E_KIT            path of the kit's letta.sh (default: tests/e2e/kit/letta.sh).
+  LETTA_E2E_SECURE_PROXIES the two letta-proxy instances in front of the secure-mode Letta server
+                           (comma-separated URLs), LETTA_E2E_SECURE_BACKEND that server and
+                           LETTA_E2E_SECURE_PASSWORD its password: test_secure.py.
 """
 
 from __future__ import annotations
@@ -145,7 +148,7 @@ def agent(make_agent):
 
 @pytest.fixture(scope="session")
 def letta_recipe() -> dict[str, Path]:
-    """Where start_letta.sh lives and keeps its PID files (for the outage test)."""
-    script = Path(os.environ.get("LETTA_E2E_START_LETTA", REPO.parent / "shared" / "letta" / "start_letta.sh"))
+    """Where the Letta kit (tests/e2e/kit/letta.sh) lives and keeps its PID files (for the outage tests)."""
+    script = Path(os.environ.get("LETTA_E2E_KIT", REPO / "tests" / "e2e" / "kit" / "letta.sh"))
     base = Path(os.environ.get("LETTA_E2E_BASE", "/tmp/letta-e2e"))
     return {"script": script, "base": base, "run": base / "run"}

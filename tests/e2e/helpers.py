@@ -13,7 +13,7 @@ import httpx
 
 T = TypeVar("T")
 
-#: Model handles served by ../shared/letta/fake_llm.py through Letta's OpenAI provider.
+#: Model handles served by kit/fake_llm.py through Letta's OpenAI provider.
 MODEL = "openai-proxy/gpt-4o-mini"
 EMBEDDING = "openai/text-embedding-3-small"
 

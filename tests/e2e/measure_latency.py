@@ -9,7 +9,7 @@ Measures with the official `letta-client` SDK, one call at a time:
     end of the stream, direct vs proxy (calls alternate between the two).
 "Direct" alternates over the same Letta servers the proxy balances over (give --direct once per
 server), so both sides see the same mix of servers. Prints medians and tails in a small table.
-Needs Letta (../shared/letta/start_letta.sh) and letta-proxy (config/e2e.toml) running:
+Needs Letta (tests/e2e/kit/letta.sh) and letta-proxy (config/e2e.toml) running:
 
   python tests/e2e/measure_latency.py \
       --direct http://127.0.0.1:8283 --direct http://127.0.0.1:8284 --proxy http://127.0.0.1:8300

