@@ -14,6 +14,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::balance::BalancerConfig;
 pub use crate::cache::CacheConfig;
+pub use crate::redis::RedisConfig;
 
 /// Prefix of environment variables that override config keys.
 pub const ENV_PREFIX: &str = "LETTA_PROXY__";
@@ -50,6 +51,7 @@ pub struct Config {
     pub backends: Vec<BackendConfig>,
     pub health: HealthConfig,
     pub cache: CacheConfig,
+    pub redis: RedisConfig,
     pub limits: LimitsConfig,
     pub metrics: MetricsConfig,
     pub admin: AdminConfig,
@@ -69,6 +71,7 @@ impl Default for Config {
             }],
             health: HealthConfig::default(),
             cache: CacheConfig::default(),
+            redis: RedisConfig::default(),
             limits: LimitsConfig::default(),
             metrics: MetricsConfig::default(),
             admin: AdminConfig::default(),
@@ -217,6 +220,10 @@ pub struct LimitsConfig {
     /// Longest wait for an agent's earlier writes before 503. Long: agent turns take minutes.
     #[serde(with = "humantime_serde")]
     pub agent_write_timeout: Duration,
+    /// With `[redis]` configured: order writes across every instance sharing
+    /// the Redis (leases) and split per-backend caps between the live
+    /// instances. Off: each instance on its own.
+    pub coordinate: bool,
     /// Retries of safe requests allowed, as a percentage of requests (a budget,
     /// so retries cannot multiply load during an outage).
     pub retry_budget_percent: u32,
@@ -240,6 +247,7 @@ impl Default for LimitsConfig {
             queue_timeout: Duration::from_secs(30),
             serialize_agent_writes: true,
             agent_write_timeout: Duration::from_secs(600),
+            coordinate: true,
             retry_budget_percent: 20,
             retry_min_per_second: 10,
             retry_max_body: 64 * 1024,
@@ -357,10 +365,19 @@ impl Config {
         } else {
             format!("{origin} (with {})", overridden.join(", "))
         };
-        let config: Config = Config::deserialize(root).map_err(|e| ConfigError::Parse {
+        let deprecated = crate::redis::config::move_legacy_keys(&mut root).map_err(|message| {
+            ConfigError::Invalid {
+                origin: origin.clone(),
+                message,
+            }
+        })?;
+        let mut config: Config = Config::deserialize(root).map_err(|e| ConfigError::Parse {
             origin: origin.clone(),
             source: Box::new(e),
         })?;
+        config.redis.deprecated = deprecated;
+        // The cache is built from its own section; it needs the Redis one too.
+        config.cache.redis = config.redis.is_configured().then(|| config.redis.clone());
         config
             .validate()
             .map_err(|message| ConfigError::Invalid { origin, message })?;
@@ -413,6 +430,7 @@ impl Config {
             return Err("server.max_connections must be at least 1".into());
         }
         self.cache.validate()?;
+        self.redis.validate()?;
         Ok(())
     }
 }
@@ -531,7 +549,7 @@ mod tests {
         assert_eq!(c.server.listen.to_string(), "127.0.0.1:8300");
         assert_eq!(c.backends.len(), 1);
         assert_eq!(c.backends[0].url, "http://127.0.0.1:8283");
-        assert!(c.cache.enabled && c.cache.redis_url.is_none());
+        assert!(c.cache.enabled && c.cache.redis.is_none() && !c.redis.is_configured());
     }
 
     #[test]
@@ -557,19 +575,11 @@ mod tests {
             (dc.ttl, dc.max_bytes, dc.max_entry_size, dc.max_scan_body)
         );
         assert_eq!(
-            (
-                cc.redis_timeout,
-                cc.redis_cooldown,
-                cc.fill_timeout,
-                cc.coalesce_timeout
-            ),
-            (
-                dc.redis_timeout,
-                dc.redis_cooldown,
-                dc.fill_timeout,
-                dc.coalesce_timeout
-            )
+            (cc.fill_timeout, cc.coalesce_timeout),
+            (dc.fill_timeout, dc.coalesce_timeout)
         );
+        assert_eq!(c.redis, d.redis, "[redis] in the file = the defaults");
+        assert_eq!(c.limits.coordinate, d.limits.coordinate);
         assert_eq!(cc.suppress_unchanged_writes, dc.suppress_unchanged_writes);
     }
 
@@ -637,6 +647,34 @@ mod tests {
         assert!(e.contains("backends[0].url"), "{e}");
         let e = load("backends = []\n", &[]).unwrap_err().to_string();
         assert!(e.contains("at least one"), "{e}");
+    }
+
+    #[test]
+    fn legacy_cache_redis_keys_still_work() {
+        let c = load(
+            "[cache]\nredis_url = \"redis://127.0.0.1:6390\"\nredis_timeout = \"20ms\"\n",
+            &[("LETTA_PROXY__CACHE__REDIS_PREFIX", "old")],
+        )
+        .unwrap();
+        assert_eq!(c.redis.url.as_deref(), Some("redis://127.0.0.1:6390"));
+        assert_eq!(c.redis.timeout, Duration::from_millis(20));
+        assert_eq!(c.redis.prefix, "old");
+        assert_eq!(c.redis.deprecated.len(), 3, "{:?}", c.redis.deprecated);
+        assert_eq!(c.cache.redis.as_ref(), Some(&c.redis));
+        let e = load(
+            "[cache]\nredis_url = \"redis://a:1\"\n[redis]\nurl = \"redis://b:1\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("cache.redis_url") && e.contains("redis.url"),
+            "{e}"
+        );
+        let e = load("[redis]\ncluster_nodes = [\"10.0.0.1:7000\"]\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("redis.cluster_nodes[0]"), "{e}");
     }
 
     #[test]

@@ -24,6 +24,11 @@
 //!   ids, read vs write, streaming.
 //! - [`limit`]: backpressure: the proxy-wide cap, the bounded FIFO queue for
 //!   busy backends, per-agent write ordering.
+//! - [`coord`]: coordination between proxy instances sharing a Redis: write
+//!   leases (ordering across instances), the instance registry and each
+//!   instance's share of a backend's cap.
+//! - [`redis`]: the one Redis client (standalone or cluster, TLS, one timeout,
+//!   circuit breaker, pub/sub) used by the cache and by [`coord`].
 //! - [`backend`]: the live backend set, swapped atomically; per-backend state
 //!   (in flight, health, draining, latency).
 //! - [`health`]: active probes (threshold state machine + scheduler) and
@@ -44,11 +49,13 @@ pub mod backend;
 pub mod balance;
 pub mod cache;
 pub mod config;
+pub mod coord;
 pub mod error;
 pub mod health;
 pub mod limit;
 pub mod metrics;
 pub mod proxy;
+pub mod redis;
 pub mod routes;
 pub mod server;
 pub mod standin;

@@ -14,9 +14,9 @@
 //!   views of the blocks it may have edited.
 //! - [`epochs`]: keeps a slow answer from being stored after a write made it stale.
 //! - [`l1`]: moka bounded by bytes, per-entry TTL, tag index.
-//! - [`l2`]: Redis with timeouts, a circuit breaker and atomic Lua scripts;
-//!   [`pubsub`] carries invalidations to the other instances; the Lua
-//!   scripts live in `scripts.rs`.
+//! - [`l2`]: Redis (standalone or cluster, through [`crate::redis`]: one
+//!   timeout, a circuit breaker) with atomic Lua scripts; [`pubsub`] carries
+//!   invalidations to the other instances; the Lua scripts live in `scripts.rs`.
 //! - [`coalesce`]: concurrent misses for one key make one backend request.
 //! - [`tee`]: body observers that copy a miss while it streams to the client.
 //! - [`service`]: the layer and the read path: lookup, coalesce, fill.
@@ -30,7 +30,6 @@
 //! arrives; a fill overtaken by a write is not stored (epochs, locally and in
 //! Redis); Redis trouble is a miss, never an error.
 
-pub mod breaker;
 pub mod coalesce;
 pub mod config;
 pub mod entry;
@@ -123,9 +122,28 @@ impl Drop for Cache {
 impl Cache {
     /// Builds the cache for a validated `config` and starts its background
     /// tasks (Redis connection, invalidation channel) until `stop` or drop.
+    /// The shared tier gets a Redis client of its own, from the `[redis]`
+    /// section the config carries ([`Cache::start_shared`] shares one).
     /// Must run inside a tokio runtime.
     pub fn start(
         c: &CacheConfig,
+        registry: &prometheus::Registry,
+        stop: CancellationToken,
+    ) -> Arc<Cache> {
+        let redis = c.redis.as_ref().and_then(|r| {
+            crate::redis::Redis::new(r)
+                .map_err(|e| tracing::error!(error = %e, "cache: Redis unusable; shared tier off"))
+                .ok()
+                .map(Arc::new)
+        });
+        Cache::start_shared(c, redis, registry, stop)
+    }
+
+    /// Like [`Cache::start`], on a Redis client shared with the rest of the
+    /// proxy (`None`: in memory only, whatever the config says).
+    pub fn start_shared(
+        c: &CacheConfig,
+        redis: Option<Arc<crate::redis::Redis>>,
         registry: &prometheus::Registry,
         stop: CancellationToken,
     ) -> Arc<Cache> {
@@ -137,13 +155,7 @@ impl Cache {
             .iter()
             .filter_map(|r| r.ttl)
             .fold(c.ttl.max(c.suppress_ttl), Duration::max);
-        let l2 = c.redis_url.as_deref().and_then(|url| {
-            L2::new(c, url, longest, metrics.clone())
-                .map_err(
-                    |e| tracing::error!(error = %e, "cache: invalid Redis URL; shared tier off"),
-                )
-                .ok()
-        });
+        let l2 = redis.map(|redis| L2::new(c, redis, longest, metrics.clone()));
         let shared = Arc::new(Shared {
             compiled: ArcSwap::from_pointee(Compiled {
                 source: None,
