@@ -142,26 +142,14 @@ impl L2 {
         true
     }
 
-    /// Loads the scripts ahead of their first use, so a store or an
-    /// invalidation is one round trip (`redis::Script` would otherwise pay
-    /// NOSCRIPT + SCRIPT LOAD + EVALSHA inside one call's timeout). A Redis
-    /// that forgets them later (restart, failover) gets them again that way.
+    /// Loads the scripts ahead of their first use ([`Redis::load_scripts`]).
     async fn load_scripts(&self) {
         let scripts = [
-            self.store_script.clone(),
-            self.invalidate_script.clone(),
-            self.flush_script.clone(),
+            &self.store_script,
+            &self.invalidate_script,
+            &self.flush_script,
         ];
-        let loaded = self
-            .redis
-            .call(|mut c| async move {
-                for s in &scripts {
-                    s.load_async(&mut c).await?;
-                }
-                Ok(())
-            })
-            .await;
-        if loaded.is_ok() {
+        if self.redis.load_scripts(&scripts).await {
             self.scripts_loaded
                 .store(true, std::sync::atomic::Ordering::Release);
         }

@@ -133,6 +133,13 @@ impl Leases {
         }
     }
 
+    /// Loads the lease scripts ([`Redis::load_scripts`]).
+    pub async fn load_scripts(&self) -> bool {
+        self.redis
+            .load_scripts(&[&self.acquire, &self.release, &self.renew])
+            .await
+    }
+
     /// This instance's wake channel.
     fn wake_channel(&self, instance: &str) -> String {
         format!("{}:wake:{instance}", self.redis.prefix())

@@ -94,7 +94,20 @@ impl Coordinator {
             c.heartbeat,
             metrics.clone(),
         ));
-        tokio::spawn(crate::redis::keep_connecting(redis.clone(), stop.clone()));
+        tokio::spawn({
+            let (redis, leases, registry, stop) = (
+                redis.clone(),
+                leases.clone(),
+                registry.clone(),
+                stop.clone(),
+            );
+            async move {
+                crate::redis::keep_connecting(redis, stop).await;
+                // Best effort: a failed load only costs the first calls a reload.
+                leases.load_scripts().await;
+                registry.load_scripts().await;
+            }
+        });
         tokio::spawn(leases.clone().listen());
         tokio::spawn(registry.clone().run(stop.clone()));
         Arc::new(Coordinator {

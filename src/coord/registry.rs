@@ -129,6 +129,11 @@ impl Registry {
         self.view.borrow().clone()
     }
 
+    /// Loads the registry scripts ([`Redis::load_scripts`]).
+    pub async fn load_scripts(&self) -> bool {
+        self.redis.load_scripts(&[&self.beat, &self.leave]).await
+    }
+
     /// One heartbeat; returns whether Redis answered.
     pub async fn beat(&self) -> bool {
         let mut call = self.beat.prepare_invoke();

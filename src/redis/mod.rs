@@ -230,6 +230,25 @@ impl Redis {
     }
 }
 
+impl Redis {
+    /// Loads `scripts` into Redis ahead of their first use (every node of a
+    /// cluster), so their first call is one round trip: `redis::Script` would
+    /// otherwise pay NOSCRIPT + SCRIPT LOAD + EVALSHA inside one call's
+    /// timeout. A Redis that forgets them later (restart, failover) gets them
+    /// again that way. Returns whether they were loaded.
+    pub async fn load_scripts(&self, scripts: &[&::redis::Script]) -> bool {
+        let scripts: Vec<::redis::Script> = scripts.iter().map(|s| (*s).clone()).collect();
+        self.call(|mut c| async move {
+            for s in &scripts {
+                s.load_async(&mut c).await?;
+            }
+            Ok(())
+        })
+        .await
+        .is_ok()
+    }
+}
+
 /// Keeps connecting until connected or `stop` (the connection reconnects by
 /// itself once open).
 pub async fn keep_connecting(redis: Arc<Redis>, stop: tokio_util::sync::CancellationToken) {
