@@ -112,8 +112,8 @@ impl Target {
             }
             None => None,
         };
-        if c.uses_tls() {
-            super::tls::ensure_provider();
+        if c.uses_tls() && !super::tls::ensure_provider() {
+            return Err(super::RedisError::NoCryptoProvider);
         }
         if let Some(url) = &c.url {
             let client = match &certs {

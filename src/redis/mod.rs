@@ -49,6 +49,8 @@ pub enum RedisError {
     },
     #[error("redis.ca_file: {0}")]
     CaFile(#[from] tls::CaFileError),
+    #[error("rediss:// needs a TLS crypto provider: build with the crypto-ring or crypto-aws-lc-rs feature")]
+    NoCryptoProvider,
 }
 
 /// Why one call did not succeed. Never shown to a client.

@@ -50,20 +50,22 @@ pub fn read_ca(path: &Path) -> Result<Vec<u8>, CaFileError> {
 
 /// Installs the compiled-in rustls provider as the process default, unless one
 /// is installed already (by this crate's other TLS users or the embedding
-/// application).
-pub fn ensure_provider() {
+/// application). Returns whether a default provider is in place.
+pub fn ensure_provider() -> bool {
     if rustls::crypto::CryptoProvider::get_default().is_some() {
-        return;
+        return true;
     }
     #[cfg(feature = "crypto-ring")]
-    let provider = rustls::crypto::ring::default_provider();
+    let provider = Some(rustls::crypto::ring::default_provider());
     #[cfg(all(feature = "crypto-aws-lc-rs", not(feature = "crypto-ring")))]
-    let provider = rustls::crypto::aws_lc_rs::default_provider();
-    #[cfg(any(feature = "crypto-ring", feature = "crypto-aws-lc-rs"))]
-    {
+    let provider = Some(rustls::crypto::aws_lc_rs::default_provider());
+    #[cfg(not(any(feature = "crypto-ring", feature = "crypto-aws-lc-rs")))]
+    let provider: Option<rustls::crypto::CryptoProvider> = None;
+    if let Some(p) = provider {
         // Losing a race with another installer is fine: there is a default.
-        let _ = provider.install_default();
+        let _ = p.install_default();
     }
+    rustls::crypto::CryptoProvider::get_default().is_some()
 }
 
 #[cfg(test)]
