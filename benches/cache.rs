@@ -118,6 +118,7 @@ fn bench_layer(c: &mut Criterion) {
     let cache = rt.block_on(async {
         Cache::start(
             &CacheConfig::default(),
+            None,
             &registry,
             tokio_util::sync::CancellationToken::new(),
         )

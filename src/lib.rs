@@ -23,6 +23,11 @@
 //!   identity-scoped keys, invalidation by Letta ids across instances.
 //! - [`proxy`]: the innermost service: forwards one request (header rules,
 //!   attempts, the retry rule) and streams the answer back.
+//! - [`coord`]: coordination between proxy instances sharing a Redis: write
+//!   leases (ordering across instances), the instance registry and each
+//!   instance's share of a backend's cap.
+//! - [`redis`]: the one Redis client (standalone or cluster, TLS, one timeout,
+//!   circuit breaker, pub/sub) used by the cache and by [`coord`].
 //! - [`backend`]: the live backend set, swapped atomically; per backend its
 //!   connection pool, in-flight slots and their wait queue, health verdicts.
 //! - [`health`]: the active prober feeding the backends' health verdicts.
@@ -44,6 +49,7 @@ pub mod balance;
 pub mod body;
 pub mod cache;
 pub mod config;
+pub mod coord;
 pub mod error;
 pub mod gateway;
 pub mod health;
@@ -52,6 +58,7 @@ pub mod limit;
 pub mod metrics;
 pub mod observe;
 pub mod proxy;
+pub mod redis;
 pub mod routes;
 pub mod server;
 #[doc(hidden)]

@@ -459,10 +459,6 @@ fn no_deployment_file_names_a_folder_outside_the_repository() {
     let sibling = format!("../{}", "shared");
     for f in files {
         let text = std::fs::read_to_string(&f).unwrap_or_default();
-        assert!(
-            !text.contains(&sibling),
-            "{} names {sibling}",
-            f.display()
-        );
+        assert!(!text.contains(&sibling), "{} names {sibling}", f.display());
     }
 }

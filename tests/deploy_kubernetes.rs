@@ -331,9 +331,9 @@ fn the_configmap_passes_check_with_the_pods_environment_and_secret() {
         cfg.backends.len() >= 2,
         "one [[backends]] entry per Letta replica"
     );
-    // The Redis URL of the Secret is the cache's, through the environment.
+    // The Redis URL of the Secret is the one in [redis], through the environment.
     assert_eq!(
-        cfg.cache.redis_url.as_deref(),
+        cfg.redis.url.as_deref(),
         Some(str_at(kind(&all, "Secret"), "/stringData/redis-url"))
     );
     assert!(cfg.admin.watch_config);

@@ -302,9 +302,10 @@ ejection_time = "2s"
 max_in_flight_per_backend = 2
 queue_size = 2
 queue_timeout = "300ms"
+[redis]
+url = "{redis}"
 [cache]
 enabled = true
-redis_url = "{redis}"
 [[backends]]
 name = "a"
 url = "{a}"

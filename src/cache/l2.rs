@@ -1,36 +1,45 @@
-//! The shared tier: Redis, through one multiplexed auto-reconnecting connection.
+//! The shared tier: Redis (standalone or cluster) through the shared
+//! [`crate::redis::Redis`] client.
 //!
-//! Keys (`P` = `cache.redis_prefix` + `:`): `P e:<key>` an entry, `P t:<tag>`
-//! the set of entry keys carrying a tag, `P inv:<tag>` the epoch of the tag's
-//! last invalidation (kept for `fill_timeout`), `P epoch` the invalidation
-//! counter, `P rel:<agent>` the agent's blocks. Storing and invalidating are Lua
-//! scripts, so "was this tag invalidated since the fill began?" and "store" are
-//! one atomic step across every instance (the same race [`super::epochs`]
-//! closes locally). Needs a standalone Redis: the scripts compute the keys they
-//! touch (tag sets name entries), which Redis Cluster does not allow.
+//! Keys (`P` = `{redis.prefix}:`): `P e:<key>` an entry, `P t:<tag>` the set
+//! of entry keys carrying a tag, `P inv:<tag>` the epoch of the tag's last
+//! invalidation (kept for `fill_timeout`), `P epoch` the invalidation counter,
+//! `P flushed` the epoch of the last flush, `P rel:<agent>` the agent's
+//! blocks; invalidations are published on `P invalidate`. Storing and
+//! invalidating are Lua scripts, so "was this tag invalidated since the fill
+//! began?" and "store" are one atomic step across every instance (the same
+//! race [`super::epochs`] closes locally).
 //!
-//! Every call has `redis_timeout` and goes through the [`Breaker`]; any failure
-//! is a miss. An invalidation that cannot reach Redis is kept (bounded) and
-//! replayed when Redis is back; until then this instance does not read the
-//! shared tier, which might still hold what the invalidation should remove.
+//! Every key carries the one hash tag `{prefix}`, so on a Redis Cluster the
+//! whole cache lives in one slot, on one shard (a master and its replicas).
+//! That is the price of the atomic scripts: a tag set names entries that would
+//! otherwise sit anywhere in the cluster, and a script may only touch one
+//! slot. The cluster still gives the cache failover; it does not spread the
+//! cache's memory or load over several masters (leases and the registry, with
+//! a tag per agent, do spread). One Redis master holds far more than one
+//! proxy's `max_bytes`, and every cache call is one round trip to it.
+//!
+//! Every call has the client's one timeout and goes through its breaker; any
+//! failure is a miss. An invalidation that cannot reach Redis is kept
+//! (bounded) and replayed when Redis is back; until then this instance does
+//! not read the shared tier, which might still hold what the invalidation
+//! should remove.
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-use arc_swap::ArcSwapOption;
 use bytes::Bytes;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::RedisResult;
+use redis::{RedisResult, Script};
 
-use super::breaker::Breaker;
 use super::entry::Entry;
 use super::key::CacheKey;
 use super::metrics::{CacheMetrics, RedisOp};
-use super::scripts::{Args, Lua, FLUSH, INVALIDATE, STORE};
+use super::scripts::{FLUSH, INVALIDATE, STORE};
 use super::tags::{Tag, BLOCKS};
 use crate::config::CacheConfig;
+use crate::redis::{slot, Conn, Redis};
 
 /// Most tags held for replay; past it, the whole shared tier is dropped instead.
 const MAX_PENDING_TAGS: usize = 10_000;
@@ -64,111 +73,109 @@ struct Pending {
 
 /// The Redis tier.
 pub struct L2 {
-    pub client: redis::Client,
-    conn: ArcSwapOption<ConnectionManager>,
-    breaker: Breaker,
-    timeout: Duration,
-    connect_timeout: Duration,
+    redis: Arc<Redis>,
+    /// `{prefix}:`
     prefix: String,
+    /// The key every script declares (it routes the call in a cluster).
+    epoch_key: String,
     pub channel: String,
     /// This instance's name on the channel (its own messages are skipped).
     pub origin: String,
     fill_window_ms: u64,
     tagset_ttl_ms: u64,
-    clock: Instant,
     pending: Mutex<Pending>,
     metrics: CacheMetrics,
-    store_script: Lua,
-    invalidate_script: Lua,
-    flush_script: Lua,
+    scripts_loaded: std::sync::atomic::AtomicBool,
+    store_script: Script,
+    invalidate_script: Script,
+    flush_script: Script,
 }
 
 impl L2 {
     /// `longest_ttl` bounds how long tag sets live.
     pub fn new(
         c: &CacheConfig,
-        url: &str,
-        longest_ttl: Duration,
+        redis: Arc<Redis>,
+        longest_ttl: std::time::Duration,
         metrics: CacheMetrics,
-    ) -> RedisResult<L2> {
+    ) -> L2 {
         let origin = format!("{:016x}", rand::random::<u64>());
-        Ok(L2 {
-            client: redis::Client::open(url)?,
-            conn: ArcSwapOption::empty(),
-            breaker: Breaker::new(c.redis_breaker_failures, c.redis_cooldown),
-            timeout: c.redis_timeout,
-            connect_timeout: c.redis_connect_timeout,
-            prefix: format!("{}:", c.redis_prefix),
-            channel: format!("{}:invalidate", c.redis_prefix),
+        let prefix = format!("{}:", slot::tag(redis.prefix()));
+        L2 {
+            epoch_key: format!("{prefix}epoch"),
+            channel: format!("{prefix}invalidate"),
+            prefix,
+            redis,
             origin,
             fill_window_ms: c.fill_timeout.as_millis() as u64,
             tagset_ttl_ms: (longest_ttl + c.fill_timeout).as_millis() as u64,
-            clock: Instant::now(),
             pending: Mutex::new(Pending::default()),
             metrics,
-            store_script: Lua::new(STORE),
-            invalidate_script: Lua::new(INVALIDATE),
-            flush_script: Lua::new(FLUSH),
-        })
+            scripts_loaded: std::sync::atomic::AtomicBool::new(false),
+            store_script: Script::new(STORE),
+            invalidate_script: Script::new(INVALIDATE),
+            flush_script: Script::new(FLUSH),
+        }
     }
 
-    fn now(&self) -> u64 {
-        self.clock.elapsed().as_nanos() as u64
+    /// The shared client (pub/sub subscribes through it).
+    pub fn redis(&self) -> &Arc<Redis> {
+        &self.redis
     }
 
-    /// Opens the connection (the connection manager reconnects by itself
-    /// afterwards). Returns whether Redis is connected.
+    /// Opens the connection (it reconnects by itself afterwards). Returns
+    /// whether Redis is connected.
     pub async fn connect(&self) -> bool {
-        if self.conn.load().is_some() {
-            return true;
-        }
-        let cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(self.connect_timeout)
-            .set_response_timeout(self.timeout)
-            .set_number_of_retries(1)
-            .set_max_delay(1000);
-        let attempt = self.client.get_connection_manager_with_config(cfg);
-        match tokio::time::timeout(self.connect_timeout * 2, attempt).await {
-            Ok(Ok(conn)) => {
-                self.conn.store(Some(std::sync::Arc::new(conn)));
-                self.metrics.redis_available.set(1);
-                tracing::info!("cache: connected to Redis");
-                true
-            }
-            _ => {
+        if !self.redis.is_connected() {
+            if !self.redis.connect().await {
                 self.metrics.redis_error(RedisOp::Connect);
-                false
+                return false;
             }
+            self.metrics.redis_available.set(1);
+        }
+        if !self
+            .scripts_loaded
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            self.load_scripts().await;
+        }
+        true
+    }
+
+    /// Loads the scripts ahead of their first use ([`Redis::load_scripts`]).
+    async fn load_scripts(&self) {
+        let scripts = [
+            &self.store_script,
+            &self.invalidate_script,
+            &self.flush_script,
+        ];
+        if self.redis.load_scripts(&scripts).await {
+            self.scripts_loaded
+                .store(true, std::sync::atomic::Ordering::Release);
         }
     }
 
-    /// Runs one Redis call under the timeout and the breaker.
+    /// Runs one Redis call (the client's timeout and breaker), with metrics.
     async fn call<T, F, Fut>(&self, op: RedisOp, f: F) -> Option<T>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
-        let conn = self.conn.load_full()?;
-        if !self.breaker.allow(self.now()) {
-            return None;
-        }
         let start = Instant::now();
-        match tokio::time::timeout(self.timeout, f((*conn).clone())).await {
-            Ok(Ok(v)) => {
-                self.breaker.success();
-                self.metrics.redis_available.set(1);
+        let outcome = self.redis.call(f).await;
+        self.metrics
+            .redis_available
+            .set(i64::from(self.redis.is_available()));
+        match outcome {
+            Ok(v) => {
                 self.metrics.redis_ok(op, start.elapsed().as_secs_f64());
                 Some(v)
             }
-            outcome => {
+            Err(crate::redis::CallError::NotConnected | crate::redis::CallError::BreakerOpen) => {
+                None
+            }
+            Err(_) => {
                 self.metrics.redis_error(op);
-                if let Ok(Err(e)) = &outcome {
-                    tracing::debug!(error = %e, ?op, "cache: Redis call failed");
-                }
-                if self.breaker.failure(self.now()) {
-                    self.metrics.redis_available.set(0);
-                    tracing::warn!(?op, "cache: Redis failing; not calling it for a while");
-                }
                 None
             }
         }
@@ -188,7 +195,7 @@ impl L2 {
             self.metrics.skip_l2.inc();
             return Lookup::Unavailable;
         }
-        let epoch_key = format!("{}epoch", self.prefix);
+        let epoch_key = self.epoch_key.clone();
         let entry_key = format!("{}e:{}", self.prefix, key.hex());
         let got = self
             .call(RedisOp::Get, |mut c| async move {
@@ -228,7 +235,7 @@ impl L2 {
         if !self.usable() {
             return None;
         }
-        let k = format!("{}epoch", self.prefix);
+        let k = self.epoch_key.clone();
         self.call(RedisOp::Get, |mut c| async move {
             redis::cmd("GET")
                 .arg(k)
@@ -254,11 +261,11 @@ impl L2 {
         let Some(ttl) = entry.remaining(super::entry::now_ms()) else {
             return false;
         };
-        let mut inv = Args::default();
+        let mut inv = self.store_script.key(&self.epoch_key);
         inv.arg(&self.prefix)
             .arg(start)
             .arg(ttl.as_millis() as u64)
-            .arg(entry.encode())
+            .arg(&entry.encode()[..])
             .arg(key.hex())
             .arg(self.tagset_ttl_ms)
             .arg(entry.tags.len());
@@ -278,7 +285,7 @@ impl L2 {
         }
         let stored = self
             .call(RedisOp::Store, |mut c| async move {
-                self.store_script.run::<i64>(&mut c, &inv).await
+                inv.invoke_async::<i64>(&mut c).await
             })
             .await;
         stored == Some(1)
@@ -301,11 +308,12 @@ impl L2 {
     }
 
     async fn send(&self, inv: &Invalidation) -> Option<u64> {
-        let mut call = Args::default();
+        let mut call = self.invalidate_script.key(&self.epoch_key);
         call.arg(&self.prefix)
             .arg(self.fill_window_ms)
             .arg(&self.channel)
             .arg(&self.origin)
+            .arg(self.redis.publish_command())
             .arg(inv.tags.len());
         for t in &inv.tags {
             call.arg(&**t);
@@ -321,7 +329,7 @@ impl L2 {
         // Last: the fallback tag for agents Redis knows nothing about.
         call.arg(BLOCKS);
         self.call(RedisOp::Invalidate, |mut c| async move {
-            self.invalidate_script.run::<u64>(&mut c, &call).await
+            call.invoke_async::<u64>(&mut c).await
         })
         .await
     }
@@ -375,36 +383,37 @@ impl L2 {
 
     /// Whether the connection has been opened (it reconnects by itself after).
     pub fn is_connected(&self) -> bool {
-        self.conn.load().is_some()
+        self.redis.is_connected()
     }
 
     /// Drops every shared entry and tells every instance to drop theirs
     /// (after losing track of invalidations, or on an admin purge).
     pub async fn purge_all(&self) -> bool {
-        let mut call = Args::default();
-        call.arg(&self.prefix).arg(&self.channel).arg(&self.origin);
+        let mut call = self.flush_script.key(&self.epoch_key);
+        call.arg(&self.prefix)
+            .arg(&self.channel)
+            .arg(&self.origin)
+            .arg(self.redis.publish_command());
         let marked = self
             .call(RedisOp::Invalidate, |mut c| async move {
-                self.flush_script.run::<u64>(&mut c, &call).await
+                call.invoke_async::<u64>(&mut c).await
             })
             .await;
         if marked.is_none() {
             return false;
         }
+        // Every cache key is in the `{prefix}` slot: SCAN that node only.
         let pattern = format!("{}e:*", self.prefix);
         let mut cursor: u64 = 0;
         loop {
             let p = pattern.clone();
+            let node_of = self.epoch_key.clone();
             let batch = self
                 .call(RedisOp::Invalidate, |mut c| async move {
-                    let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(p)
-                        .arg("COUNT")
-                        .arg(500)
-                        .query_async(&mut c)
-                        .await?;
+                    let mut scan = redis::cmd("SCAN");
+                    scan.arg(cursor).arg("MATCH").arg(p).arg("COUNT").arg(500);
+                    let (next, keys): (u64, Vec<String>) =
+                        c.query_on_node_of(&scan, &node_of).await?;
                     if !keys.is_empty() {
                         redis::cmd("UNLINK")
                             .arg(keys)

@@ -13,9 +13,9 @@
 //!   views of the blocks it may have edited.
 //! - [`epochs`]: keeps a slow answer from being stored after a write made it stale.
 //! - [`l1`]: moka bounded by bytes, per-entry TTL, tag index.
-//! - [`l2`]: Redis with timeouts, a circuit breaker and atomic Lua scripts;
-//!   [`pubsub`] carries invalidations to the other instances; the Lua
-//!   scripts live in `scripts.rs`.
+//! - [`l2`]: Redis (standalone or cluster, through [`crate::redis`]: one
+//!   timeout, a circuit breaker) with atomic Lua scripts; [`pubsub`] carries
+//!   invalidations to the other instances; the Lua scripts live in `scripts.rs`.
 //! - [`coalesce`]: concurrent misses for one key make one backend request.
 //! - [`tee`]: body observers that copy a miss while it streams to the client.
 //! - [`service`]: the layer and the read path: lookup, coalesce, fill.
@@ -29,7 +29,6 @@
 //! arrives; a fill overtaken by a write is not stored (epochs, locally and in
 //! Redis); Redis trouble is a miss, never an error.
 
-pub mod breaker;
 pub mod coalesce;
 pub mod entry;
 pub mod epochs;
@@ -115,9 +114,11 @@ impl Drop for Cache {
 impl Cache {
     /// Builds the cache for a validated `config` and starts its background
     /// tasks (Redis connection, invalidation channel) until `stop` or drop.
+    /// `redis` is the client the proxy shares (`None`: in memory only).
     /// Must run inside a tokio runtime.
     pub fn start(
         c: &CacheConfig,
+        redis: Option<Arc<crate::redis::Redis>>,
         registry: &prometheus::Registry,
         stop: CancellationToken,
     ) -> Arc<Cache> {
@@ -129,13 +130,7 @@ impl Cache {
             .iter()
             .filter_map(|r| r.ttl)
             .fold(c.ttl.max(c.suppress_ttl), Duration::max);
-        let l2 = c.redis_url.as_deref().and_then(|url| {
-            L2::new(c, url, longest, metrics.clone())
-                .map_err(
-                    |e| tracing::error!(error = %e, "cache: invalid Redis URL; shared tier off"),
-                )
-                .ok()
-        });
+        let l2 = redis.map(|redis| L2::new(c, redis, longest, metrics.clone()));
         let shared = Arc::new(Shared {
             policy: ArcSwap::from_pointee(Policy::new(c, None)),
             l1,

@@ -3,13 +3,14 @@
 //! A message is lines: the sender's origin, then tags, `-agent` for an agent
 //! whose blocks must be forgotten, or `*` for "drop everything". Delivery is at
 //! most once: whenever the subscription (re)starts, invalidations may have been
-//! missed, so the instance drops its whole in-process tier first.
+//! missed, so the instance drops its whole in-process tier first. Classic
+//! pub/sub on a standalone Redis, sharded on a cluster ([`crate::redis::pubsub`]).
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
+
+use crate::redis::pubsub::Event;
 
 use super::metrics::RedisOp;
 use super::tags::Tag;
@@ -46,53 +47,24 @@ impl Message {
     }
 }
 
-/// Subscribes until `stop`, reconnecting with backoff.
+/// Subscribes until `stop` (re-subscribing by itself, see [`crate::redis::pubsub`]).
 pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     let Some(l2) = shared.l2.as_ref() else { return };
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let subscribed = async {
-            let mut ps = tokio::time::timeout(Duration::from_secs(2), l2.client.get_async_pubsub())
-                .await
-                .ok()?
-                .ok()?;
-            ps.subscribe(&l2.channel).await.ok()?;
-            Some(ps)
-        };
-        let ps = tokio::select! {
-            _ = stop.cancelled() => return,
-            ps = subscribed => ps,
-        };
-        match ps {
-            Some(mut ps) => {
-                backoff = Duration::from_millis(100);
-                // Whatever was published while we were not listening is lost.
-                shared.flush_local("subscribed to the invalidation channel");
-                let mut messages = ps.on_message();
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        msg = messages.next() => match msg {
-                            Some(msg) => {
-                                if let Some(m) = Message::parse(msg.get_payload_bytes()) {
-                                    if m.origin != l2.origin {
-                                        shared.apply_remote(m).await;
-                                    }
-                                }
-                            }
-                            None => break,
-                        },
+    let mut events =
+        crate::redis::pubsub::subscribe(l2.redis().clone(), l2.channel.clone(), stop.clone());
+    while let Some(event) = events.recv().await {
+        match event {
+            // Whatever was published while we were not listening is lost.
+            Event::Subscribed => shared.flush_local("subscribed to the invalidation channel"),
+            Event::Message(payload) => {
+                if let Some(m) = Message::parse(&payload) {
+                    if m.origin != l2.origin {
+                        shared.apply_remote(m).await;
                     }
                 }
-                tracing::warn!("cache: invalidation channel lost; reconnecting");
             }
-            None => shared.metrics.redis_error(RedisOp::Subscribe),
+            Event::Lost => shared.metrics.redis_error(RedisOp::Subscribe),
         }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
 

@@ -1,5 +1,11 @@
-//! The shared tier's Lua scripts, and how they are run: by SHA once Redis knows
-//! them, loaded on first use and again after a restart made Redis forget.
+//! The shared tier's Lua scripts, run with `redis::Script` (by SHA; loaded
+//! again when Redis answers NOSCRIPT after a restart or a failover).
+//!
+//! Every script declares one key, `P epoch` (P = `{prefix}:`), and computes the
+//! others from `P`: a tag set names entries, so the keys cannot all be known
+//! in advance. The declared key routes the call to the node owning the
+//! `{prefix}` hash tag in a Redis Cluster, and every computed key carries the
+//! same tag, so a script never leaves its slot.
 //!
 //! `STORE` refuses an entry one of whose tags was invalidated after the fill
 //! began (or after a flush), else stores it, indexes it under its tags and
@@ -7,12 +13,8 @@
 //! epoch, expands agents with the blocks Redis knows (or the every-block
 //! fallback), deletes every indexed entry, records each tag's invalidation
 //! epoch, forgets agents' blocks and publishes the result to every instance.
-//! `FLUSH` marks everything invalid and tells every instance.
-
-use std::sync::Mutex;
-
-use redis::aio::ConnectionManager;
-use redis::{ErrorKind, RedisResult, ToRedisArgs};
+//! `FLUSH` marks everything invalid and tells every instance. Both publish with
+//! the command they are given (`PUBLISH` standalone, `SPUBLISH` on a cluster).
 
 pub(super) const STORE: &str = r#"
 local p, start, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[7])
@@ -41,10 +43,10 @@ return 1
 
 pub(super) const INVALIDATE: &str = r#"
 local p = ARGV[1]
-local e = redis.call('INCR', p .. 'epoch')
+local e = redis.call('INCR', KEYS[1])
 local tags, forget = {}, {}
-local i = 6
-for _ = 1, tonumber(ARGV[5]) do tags[#tags + 1] = ARGV[i]; i = i + 1 end
+local i = 7
+for _ = 1, tonumber(ARGV[6]) do tags[#tags + 1] = ARGV[i]; i = i + 1 end
 local ne = tonumber(ARGV[i]); i = i + 1
 for _ = 1, ne do
   local blocks = redis.call('SMEMBERS', p .. 'rel:' .. ARGV[i])
@@ -69,70 +71,14 @@ for _, t in ipairs(tags) do
 end
 local msg = ARGV[4] .. '\n' .. table.concat(tags, '\n')
 for _, a in ipairs(forget) do msg = msg .. '\n-' .. a end
-redis.call('PUBLISH', ARGV[3], msg)
+redis.call(ARGV[5], ARGV[3], msg)
 return deleted
 "#;
 
 pub(super) const FLUSH: &str = r#"
 local p = ARGV[1]
-local e = redis.call('INCR', p .. 'epoch')
+local e = redis.call('INCR', KEYS[1])
 redis.call('SET', p .. 'flushed', e)
-redis.call('PUBLISH', ARGV[2], ARGV[3] .. '\n*')
+redis.call(ARGV[4], ARGV[2], ARGV[3] .. '\n*')
 return e
 "#;
-
-/// A Lua script, run by SHA once Redis knows it (loaded on first use and
-/// again after a Redis restart forgot it).
-pub(super) struct Lua {
-    src: &'static str,
-    sha: Mutex<Option<String>>,
-}
-
-/// A script call's arguments (no KEYS: see the module doc).
-#[derive(Default)]
-pub(super) struct Args(Vec<Vec<u8>>);
-
-impl Args {
-    pub(super) fn arg<T: ToRedisArgs>(&mut self, v: T) -> &mut Args {
-        self.0.extend(v.to_redis_args());
-        self
-    }
-}
-
-impl Lua {
-    pub(super) const fn new(src: &'static str) -> Lua {
-        Lua {
-            src,
-            sha: Mutex::new(None),
-        }
-    }
-
-    pub(super) async fn run<T: redis::FromRedisValue>(
-        &self,
-        conn: &mut ConnectionManager,
-        args: &Args,
-    ) -> RedisResult<T> {
-        let evalsha = |sha: &str| {
-            let mut cmd = redis::cmd("EVALSHA");
-            cmd.arg(sha).arg(0);
-            for a in &args.0 {
-                cmd.arg(a);
-            }
-            cmd
-        };
-        let known = self.sha.lock().expect("sha poisoned").clone();
-        if let Some(sha) = known {
-            match evalsha(&sha).query_async(conn).await {
-                Err(e) if e.kind() == ErrorKind::NoScriptError => {}
-                other => return other,
-            }
-        }
-        let sha: String = redis::cmd("SCRIPT")
-            .arg("LOAD")
-            .arg(self.src)
-            .query_async(conn)
-            .await?;
-        *self.sha.lock().expect("sha poisoned") = Some(sha.clone());
-        evalsha(&sha).query_async(conn).await
-    }
-}

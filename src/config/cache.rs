@@ -1,4 +1,5 @@
-//! `[cache]`: what is cached, for how long, where, and how Redis is treated.
+//! `[cache]`: what is cached, for how long, and where. Redis itself is
+//! configured in `[redis]` ([`super::RedisConfig`]).
 //!
 //! Every key has a default (shown in `config/letta-proxy.toml`); unknown keys are
 //! errors. Rules are checked here once, so the request path only sees compiled,
@@ -18,8 +19,6 @@ pub struct CacheConfig {
     /// Time to live of a cached response when no rule sets one.
     #[serde(with = "humantime_serde")]
     pub ttl: Duration,
-    /// Shared second tier, `redis://host:port[/db]`; unset keeps the cache in memory only.
-    pub redis_url: Option<String>,
     /// Memory budget of the in-process tier (bodies, headers, keys, tags).
     #[serde(deserialize_with = "de_size")]
     pub max_bytes: u64,
@@ -58,20 +57,6 @@ pub struct CacheConfig {
     /// to hash it (suppression, message cache). Larger writes stream untouched.
     #[serde(deserialize_with = "de_size")]
     pub max_scan_body: u64,
-    /// Prefix of every Redis key and of the invalidation channel; instances
-    /// sharing a Redis share a cache only when their prefixes match.
-    pub redis_prefix: String,
-    /// Longest any single Redis call may take; a slower call counts as a miss.
-    #[serde(with = "humantime_serde")]
-    pub redis_timeout: Duration,
-    /// Time allowed to open a connection to Redis.
-    #[serde(with = "humantime_serde")]
-    pub redis_connect_timeout: Duration,
-    /// Consecutive Redis failures after which Redis is left alone for `redis_cooldown`.
-    pub redis_breaker_failures: u32,
-    /// How long Redis is not called after `redis_breaker_failures` failures.
-    #[serde(with = "humantime_serde")]
-    pub redis_cooldown: Duration,
 }
 
 /// One `[[cache.rules]]` entry.
@@ -150,7 +135,6 @@ impl Default for CacheConfig {
         CacheConfig {
             enabled: true,
             ttl: Duration::from_secs(30),
-            redis_url: None,
             max_bytes: 64 * 1024 * 1024,
             max_entry_size: 1024 * 1024,
             vary_headers: default_vary(),
@@ -161,11 +145,6 @@ impl Default for CacheConfig {
             coalesce_timeout: Duration::from_secs(5),
             fill_timeout: Duration::from_secs(60),
             max_scan_body: 64 * 1024,
-            redis_prefix: "letta-proxy".into(),
-            redis_timeout: Duration::from_millis(50),
-            redis_connect_timeout: Duration::from_secs(1),
-            redis_breaker_failures: 3,
-            redis_cooldown: Duration::from_secs(5),
         }
     }
 }
@@ -183,8 +162,6 @@ impl CacheConfig {
             return Err("cache.max_entry_size must be under 2GiB".into());
         }
         for (name, d) in [
-            ("redis_timeout", self.redis_timeout),
-            ("redis_connect_timeout", self.redis_connect_timeout),
             ("fill_timeout", self.fill_timeout),
             ("coalesce_timeout", self.coalesce_timeout),
             ("suppress_ttl", self.suppress_ttl),
@@ -192,16 +169,6 @@ impl CacheConfig {
             if d.is_zero() {
                 return Err(format!("cache.{name} must be longer than 0s"));
             }
-        }
-        if self.redis_breaker_failures == 0 {
-            return Err("cache.redis_breaker_failures must be at least 1".into());
-        }
-        if self.redis_prefix.is_empty() || self.redis_prefix.contains(char::is_whitespace) {
-            return Err("cache.redis_prefix must be non-empty, without spaces".into());
-        }
-        if let Some(url) = &self.redis_url {
-            redis::Client::open(url.as_str())
-                .map_err(|e| format!("cache.redis_url {url:?}: {e}"))?;
         }
         for (key, list) in [
             ("vary_headers", &self.vary_headers),
@@ -338,7 +305,7 @@ mod tests {
     }
 
     #[test]
-    fn bad_vary_and_redis_are_named() {
+    fn bad_vary_headers_are_named() {
         let c = CacheConfig {
             vary_headers: vec!["User-Agent".into()],
             ..CacheConfig::default()
@@ -352,10 +319,5 @@ mod tests {
             let e = c.validate().unwrap_err();
             assert!(e.contains("ignore_headers[0]"), "{bad}: {e}");
         }
-        let c = CacheConfig {
-            redis_url: Some("http://nope".into()),
-            ..CacheConfig::default()
-        };
-        assert!(c.validate().unwrap_err().contains("cache.redis_url"));
     }
 }

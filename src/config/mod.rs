@@ -16,6 +16,7 @@ use crate::balance::BalancerConfig;
 
 mod cache;
 mod env;
+mod redis;
 mod size;
 mod url;
 
@@ -26,6 +27,7 @@ pub use cache::{default_rules, default_vary, CacheConfig, CacheRule};
 pub type SharedConfig = std::sync::Arc<arc_swap::ArcSwap<Config>>;
 
 pub use crate::tls::ServerTlsConfig;
+pub use redis::RedisConfig;
 pub use size::{de_size, parse_size};
 pub use url::BackendUrl;
 
@@ -72,6 +74,7 @@ pub struct Config {
     pub backends: Vec<BackendConfig>,
     pub health: HealthConfig,
     pub cache: CacheConfig,
+    pub redis: RedisConfig,
     pub limits: LimitsConfig,
     pub metrics: MetricsConfig,
     pub admin: AdminConfig,
@@ -86,6 +89,7 @@ impl Default for Config {
             backends: vec![BackendConfig::new("letta", "http://127.0.0.1:8283")],
             health: HealthConfig::default(),
             cache: CacheConfig::default(),
+            redis: RedisConfig::default(),
             limits: LimitsConfig::default(),
             metrics: MetricsConfig::default(),
             admin: AdminConfig::default(),
@@ -287,6 +291,10 @@ pub struct LimitsConfig {
     /// Longest wait for an agent's earlier writes before 503. Long: agent turns take minutes.
     #[serde(with = "humantime_serde")]
     pub agent_write_timeout: Duration,
+    /// With `[redis]` configured: order writes across every instance sharing
+    /// the Redis (leases) and split per-backend caps between the live
+    /// instances. Off: each instance on its own.
+    pub coordinate: bool,
     /// Retries of safe requests allowed, as a percentage of requests (a budget,
     /// so retries cannot multiply load during an outage).
     pub retry_budget_percent: u32,
@@ -310,6 +318,7 @@ impl Default for LimitsConfig {
             queue_timeout: Duration::from_secs(30),
             serialize_agent_writes: true,
             agent_write_timeout: Duration::from_secs(600),
+            coordinate: true,
             retry_budget_percent: 20,
             retry_min_per_second: 10,
             retry_max_body: 64 * 1024,
@@ -440,14 +449,22 @@ impl Config {
             origin: origin.to_string(),
             source: Box::new(e),
         };
-        let file: toml::Table = toml::from_str(text).map_err(parse_err)?;
+        let mut file = toml::Value::Table(toml::from_str(text).map_err(parse_err)?);
+        // `[cache] redis_*` keys written before `[redis]` existed, in the file
+        // and in the environment, are read as their `[redis]` names.
+        let invalid = |message| ConfigError::Invalid {
+            origin: origin.to_string(),
+            message,
+        };
+        let mut deprecated = redis::move_legacy_keys(&mut file).map_err(invalid)?;
+        let mut env: Vec<(String, String)> = env.into_iter().collect();
+        deprecated.extend(redis::rename_legacy_env(&mut env, ENV_PREFIX).map_err(invalid)?);
         // The defaults, with the file on top, with the environment on top.
         let mut root = toml::Value::try_from(Config::default()).expect("defaults serialize");
-        env::merge(&mut root, toml::Value::Table(file));
+        env::merge(&mut root, file);
         let mut overridden = Vec::new();
         // Sorted, so `BACKENDS__1__…` is applied before `BACKENDS__2__…` whatever the
         // environment's order.
-        let mut env: Vec<(String, String)> = env.into_iter().collect();
         env.sort();
         for (var, value) in env {
             if let Some(key) = var.strip_prefix(ENV_PREFIX) {
@@ -480,6 +497,7 @@ impl Config {
                 origin: origin.clone(),
                 message,
             })?;
+        config.redis.deprecated = deprecated;
         config
             .validate()
             .map_err(|message| ConfigError::Invalid { origin, message })?;
@@ -535,6 +553,7 @@ impl Config {
             return Err("server.max_connections must be at least 1".into());
         }
         self.cache.validate()?;
+        self.redis.validate()?;
         self.validate_tls()?;
         Ok(())
     }
@@ -611,7 +630,7 @@ mod tests {
         assert_eq!(c.server.listen.to_string(), "127.0.0.1:8300");
         assert_eq!(c.backends.len(), 1);
         assert_eq!(c.backends[0].url, "http://127.0.0.1:8283");
-        assert!(c.cache.enabled && c.cache.redis_url.is_none());
+        assert!(c.cache.enabled && !c.redis.is_configured());
     }
 
     #[test]
@@ -638,19 +657,11 @@ mod tests {
             (dc.ttl, dc.max_bytes, dc.max_entry_size, dc.max_scan_body)
         );
         assert_eq!(
-            (
-                cc.redis_timeout,
-                cc.redis_cooldown,
-                cc.fill_timeout,
-                cc.coalesce_timeout
-            ),
-            (
-                dc.redis_timeout,
-                dc.redis_cooldown,
-                dc.fill_timeout,
-                dc.coalesce_timeout
-            )
+            (cc.fill_timeout, cc.coalesce_timeout),
+            (dc.fill_timeout, dc.coalesce_timeout)
         );
+        assert_eq!(c.redis, d.redis, "[redis] in the file = the defaults");
+        assert_eq!(c.limits.coordinate, d.limits.coordinate);
         assert_eq!(cc.suppress_unchanged_writes, dc.suppress_unchanged_writes);
     }
 
@@ -778,5 +789,32 @@ mod tests {
         let missing = "[admin]\ntoken_file = \"/nonexistent/token\"\n";
         let e = load(missing, &[]).unwrap_err().to_string();
         assert!(e.contains("/nonexistent/token"), "{e}");
+    }
+
+    #[test]
+    fn legacy_cache_redis_keys_still_work() {
+        let c = load(
+            "[cache]\nredis_url = \"redis://127.0.0.1:6390\"\nredis_timeout = \"20ms\"\n",
+            &[("LETTA_PROXY__CACHE__REDIS_PREFIX", "old")],
+        )
+        .unwrap();
+        assert_eq!(c.redis.url.as_deref(), Some("redis://127.0.0.1:6390"));
+        assert_eq!(c.redis.timeout, Duration::from_millis(20));
+        assert_eq!(c.redis.prefix, "old");
+        assert_eq!(c.redis.deprecated.len(), 3, "{:?}", c.redis.deprecated);
+        let e = load(
+            "[cache]\nredis_url = \"redis://a:1\"\n[redis]\nurl = \"redis://b:1\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("cache.redis_url") && e.contains("redis.url"),
+            "{e}"
+        );
+        let e = load("[redis]\ncluster_nodes = [\"10.0.0.1:7000\"]\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("redis.cluster_nodes[0]"), "{e}");
     }
 }

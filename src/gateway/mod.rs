@@ -56,6 +56,8 @@ pub use control::{ReloadError, ReloadReport};
 pub enum GatewayError {
     #[error("invalid config: {0}")]
     Invalid(String),
+    #[error(transparent)]
+    Redis(#[from] crate::redis::RedisError),
 }
 
 /// Every part of a running proxy. Cloning shares it.
@@ -111,10 +113,20 @@ impl Gateway {
         let config = Arc::new(config);
         let shared: SharedConfig = Arc::new(ArcSwap::from(config.clone()));
         let stop = CancellationToken::new();
-        let cache = config
-            .cache
-            .enabled
-            .then(|| Cache::start(&config.cache, metrics.registry(), stop.child_token()));
+        // One Redis client for everything kept there (the cache's shared tier,
+        // write leases, the instance registry).
+        let redis = match config.redis.is_configured() {
+            true => Some(Arc::new(crate::redis::Redis::new(&config.redis)?)),
+            false => None,
+        };
+        let cache = config.cache.enabled.then(|| {
+            Cache::start(
+                &config.cache,
+                redis.clone(),
+                metrics.registry(),
+                stop.child_token(),
+            )
+        });
         if let Some(c) = &cache {
             c.follow(&config);
         }

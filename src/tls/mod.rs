@@ -86,6 +86,12 @@ pub struct ClientOptions<'a> {
 pub(crate) const ALPN_H2: &[u8] = b"h2";
 pub(crate) const ALPN_HTTP11: &[u8] = b"http/1.1";
 
+/// Checks that `path` is a PEM file of CA certificates rustls can trust (the
+/// `ca_file` options: a missing, unreadable or empty file is named).
+pub fn check_ca_file(path: &Path) -> Result<(), TlsError> {
+    pem::roots(path).map(|_| ())
+}
+
 /// The crypto provider of every TLS configuration the proxy builds.
 pub fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();

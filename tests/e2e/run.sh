@@ -12,7 +12,7 @@
 #   3. two Redis servers on free ports (temp dirs, no persistence): one for the main proxy, one
 #      shared by the two secure-mode proxies
 #   4. letta-proxy --config config/e2e.toml; twice letta-proxy --config config/e2e-secure.toml on
-#      free ports (listen and Redis URL from LETTA_PROXY__SERVER__LISTEN / __CACHE__REDIS_URL)
+#      free ports (listen and Redis URL from LETTA_PROXY__SERVER__LISTEN / __REDIS__URL)
 #   5. pytest tests/e2e
 #
 # Exit status: pytest's (5, "no tests collected", becomes 1); 2 when the setup failed, with the
@@ -222,7 +222,7 @@ start_redis redis-secure; SECURE_REDIS=$REDIS_PORT
 start_proxy() {  # $1 = name, $2 = config, $3 = listen address, $4 = Redis port
   local name=$1 config=$2 listen=$3 redis=$4 pid deadline
   port_open "${listen##*:}" && die "port ${listen##*:} is already in use (a letta-proxy left over from another run?)"
-  LETTA_PROXY__SERVER__LISTEN=$listen LETTA_PROXY__CACHE__REDIS_URL=redis://127.0.0.1:$redis \
+  LETTA_PROXY__SERVER__LISTEN=$listen LETTA_PROXY__REDIS__URL=redis://127.0.0.1:$redis \
     RUST_LOG=${RUST_LOG:-info} NO_COLOR=1 "$PROXY_BIN" --config "$config" >"$WORK/$name.log" 2>&1 &
   pid=$!
   PIDS_TO_STOP=("$name $pid" "${PIDS_TO_STOP[@]}")   # stop the proxies before Redis

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cache;
+pub mod coord;
 pub mod redis;
 
 use std::future::Future;
