@@ -48,6 +48,7 @@ use crate::limit::Limits;
 use crate::metrics::Metrics;
 use crate::observe::Recorder;
 use crate::proxy::Proxy;
+use crate::tls::{ServerTls, TlsMetrics};
 
 pub use control::{ReloadError, ReloadReport};
 
@@ -78,6 +79,8 @@ pub(crate) struct Parts {
     limits: Arc<Limits>,
     cache: Option<Arc<Cache>>,
     proxy: Proxy,
+    /// The HTTPS listener's certificate and settings (`[server.tls]`).
+    tls: Option<Arc<ServerTls>>,
     /// The stack, boxed once, for `/-/batch` sub-requests.
     dispatch: OnceLock<stack::Dispatch>,
     /// Where the admin API listens, once bound.
@@ -130,6 +133,10 @@ impl Gateway {
         if let Some(c) = &cache {
             c.follow(&config);
         }
+        let tls = match &config.server.tls {
+            Some(files) => Some(Arc::new(server_tls(&config, files, &metrics)?)),
+            None => None,
+        };
         let recorder = Arc::new(Recorder {
             config: shared.clone(),
             metrics: metrics.clone(),
@@ -146,6 +153,7 @@ impl Gateway {
             metrics: metrics.clone(),
             recorder,
             cache,
+            tls,
             dispatch: OnceLock::new(),
             admin_addr: OnceLock::new(),
             stop,
@@ -215,6 +223,12 @@ impl Gateway {
         self.parts.cache.as_ref()
     }
 
+    /// The HTTPS listener's TLS (certificate, reloads, handshakes), when
+    /// `[server.tls]` is set.
+    pub fn server_tls(&self) -> Option<&Arc<ServerTls>> {
+        self.parts.tls.as_ref()
+    }
+
     /// The file the config is reloaded from, if any.
     pub fn config_path(&self) -> Option<&PathBuf> {
         self.parts.config_path.as_ref()
@@ -238,7 +252,17 @@ impl Gateway {
     /// The `/-/stats` figures.
     pub fn stats(&self) -> crate::stats::Snapshot {
         let p = &self.parts;
-        crate::stats::snapshot(&p.upstreams, &p.recorder.window, &p.metrics)
+        let mut snapshot = crate::stats::snapshot(&p.upstreams, &p.recorder.window, &p.metrics);
+        snapshot.tls = p.tls.as_ref().map(|tls| {
+            let certificate = tls.certificate();
+            crate::stats::TlsStatus {
+                problem: certificate
+                    .problem(std::time::SystemTime::now())
+                    .map(|p| p.to_string()),
+                certificate,
+            }
+        });
+        snapshot
     }
 
     /// Stops the background tasks (health probes, the cache's Redis tasks).
@@ -251,4 +275,34 @@ impl Gateway {
     pub fn stopped(&self) -> CancellationToken {
         self.parts.stop.child_token()
     }
+}
+
+/// The listener's TLS from `[server.tls]`, with its metrics; a certificate
+/// problem (expired, expiring) is logged, not fatal: the proxy must start to
+/// be fixed by a reload.
+fn server_tls(
+    config: &Config,
+    files: &crate::tls::ServerTlsConfig,
+    metrics: &Metrics,
+) -> Result<ServerTls, GatewayError> {
+    let tls = ServerTls::load(files)
+        .map_err(|e| GatewayError::Invalid(format!("[server.tls]: {e}")))?
+        .with_handshake_timeout(config.server.client_header_timeout);
+    let tls = match TlsMetrics::new(metrics.registry()) {
+        Ok(m) => tls.with_metrics(m),
+        Err(e) => {
+            tracing::warn!(error = %e, "TLS metrics not registered");
+            tls
+        }
+    };
+    let cert = tls.certificate();
+    match cert.problem(std::time::SystemTime::now()) {
+        Some(problem) => {
+            tracing::warn!(path = %cert.path.display(), subject = %cert.subject, %problem, "TLS certificate problem")
+        }
+        None => {
+            tracing::info!(path = %cert.path.display(), subject = %cert.subject, not_after = %cert.not_after_text(), "TLS certificate loaded")
+        }
+    }
+    Ok(tls)
 }

@@ -31,6 +31,18 @@ pub struct Snapshot {
     /// Redis or a coalesced miss); `null` before any cacheable request or with the cache off.
     pub cache_hit_ratio: Option<f64>,
     pub process: ProcessStats,
+    /// The HTTPS listener's certificate, when `[server.tls]` is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsStatus>,
+}
+
+/// The certificate served to new HTTPS connections.
+#[derive(Debug, Serialize)]
+pub struct TlsStatus {
+    #[serde(flatten)]
+    pub certificate: crate::tls::CertInfo,
+    /// What is wrong with it now (expired, expiring within 14 days), if anything.
+    pub problem: Option<String>,
 }
 
 /// One backend's line.
@@ -123,6 +135,7 @@ pub fn snapshot(upstreams: &Upstreams, overall: &Window, metrics: &Metrics) -> S
             resident_memory_bytes: value("process_resident_memory_bytes").unwrap_or(0.0),
             open_fds: value("process_open_fds").unwrap_or(0.0),
         },
+        tls: None,
     }
 }
 

@@ -5,6 +5,9 @@
 //! certificate) and the plain-HTTP redirect.
 
 mod certs;
+mod proxy;
+#[path = "../support/mod.rs"]
+mod support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
