@@ -166,6 +166,36 @@ async fn https_listener_speaks_h2_and_http11_and_tells_letta_the_client_used_htt
     }
 }
 
+/// reqwest (rustls, the CA added by hand) negotiates h2 by ALPN, as the
+/// Letta SDKs' HTTP stacks do.
+#[tokio::test]
+async fn reqwest_gets_http2_from_the_https_listener() {
+    init();
+    let pki = Pki::new("reqwest");
+    let leaf = pki.server("proxy", &[]);
+    let s = StandIn::start("be1").await.unwrap();
+    let proxy = TestProxy::start(with_listener_tls(
+        config("", &plain_backend(&s)),
+        &leaf,
+        None,
+    ))
+    .await;
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(pki.ca_file()).unwrap()).unwrap();
+    let client = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca)
+        .resolve("localhost", proxy.addr)
+        .no_proxy()
+        .build()
+        .unwrap();
+    let url = format!("https://localhost:{}/v1/agents/{AGENT}", proxy.addr.port());
+    let resp = client.get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.version(), Version::HTTP_2);
+    assert_eq!(resp.headers()["x-letta-proxy-backend"], "be1");
+}
+
 #[tokio::test]
 async fn https_listener_survives_plain_http_and_counts_it() {
     init();
