@@ -116,6 +116,8 @@ async fn the_binary_logs_reloads_on_sighup_and_exits_cleanly_on_sigterm() {
         .spawn()
         .unwrap();
     let pid = child.id().to_string();
+    // reqwest is built with rustls and no provider of its own: ours.
+    letta_proxy::tls::install_default_provider();
     let c = reqwest::Client::builder().no_proxy().build().unwrap();
     let url =
         format!("http://127.0.0.1:{port}/v1/agents/agent-00000000-0000-4000-8000-000000000001");
@@ -329,6 +331,8 @@ async fn the_demo_commands_show_round_robin_and_a_cache_hit() {
             .to_string();
         (count, headers, url)
     };
+    // reqwest is built with rustls and no provider of its own: ours.
+    letta_proxy::tls::install_default_provider();
     let c = reqwest::Client::builder().no_proxy().build().unwrap();
     let send = |headers: Vec<(String, String)>, url: String| {
         let c = c.clone();
