@@ -13,7 +13,7 @@
 #      shared by the two secure-mode proxies
 #   4. letta-proxy --config config/e2e.toml; twice letta-proxy --config config/e2e-secure.toml on
 #      free ports (listen and Redis URL from LETTA_PROXY__SERVER__LISTEN / __REDIS__URL); one
-#      letta-proxy --config config/e2e-tls.toml (HTTPS, with a CA and a localhost certificate
+#      letta-proxy --config tests/e2e/e2e-tls.toml (HTTPS, with a CA and a localhost certificate
 #      made by openssl in the work dir); examples/embed.rs (the gateway under /letta in an
 #      axum application) with config/e2e.toml on a free port
 #   5. pytest tests/e2e
@@ -34,7 +34,7 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 CONFIG=$REPO/config/e2e.toml
 SECURE_CONFIG=$REPO/config/e2e-secure.toml
-TLS_CONFIG=$REPO/config/e2e-tls.toml
+TLS_CONFIG=$REPO/tests/e2e/e2e-tls.toml
 KIT=$REPO/tests/e2e/kit/letta.sh
 export BASE=${BASE:-/tmp/letta-e2e}
 SECURE_PASSWORD=${E2E_SECURE_PASSWORD:-letta-e2e-secret}
@@ -143,7 +143,7 @@ assert len(secure) == 1, "config/e2e-secure.toml: exactly one backend (the secur
 print(f'SECURE_BACKEND={secure[0]["url"].rstrip("/")}')
 print(f'SECURE_PORT={urlsplit(secure[0]["url"]).port}')
 tls = tomllib.load(open(sys.argv[3], "rb"))["backends"]
-assert tls == backends, "config/e2e-tls.toml: the backends of config/e2e.toml"
+assert tls == backends, "tests/e2e/e2e-tls.toml: the backends of config/e2e.toml"
 PY
 )"
 PROXY_URL=http://$PROXY_LISTEN

@@ -1,7 +1,7 @@
 """The official SDK over HTTPS: letta-proxy's TLS listener (`[server.tls]`) in front of real Letta.
 
 tests/e2e/run.sh makes a CA and a certificate for localhost with openssl and starts one letta-proxy
-from config/e2e-tls.toml (the backends of config/e2e.toml, HTTPS on a free port, the plain-HTTP
+from tests/e2e/e2e-tls.toml (the backends of config/e2e.toml, HTTPS on a free port, the plain-HTTP
 redirect listener on another), then passes:
   LETTA_E2E_TLS_PROXY     https://localhost:<port>
   LETTA_E2E_TLS_CA        the CA file the certificate chains to
