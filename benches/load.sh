@@ -6,6 +6,9 @@
 #   benches/load.sh features        # each layer on/off, GET and POST (~9 min)
 #   benches/load.sh bypass          # the cache layer present but the route not cacheable
 #   benches/load.sh quick           # 1 round x 5 s, for a smoke check (~3 min)
+#   BASELINE_BIN=/path/to/letta-proxy benches/load.sh compare
+#                                   # this build against another one (an older commit's
+#                                   # release binary), GET and POST, interleaved (~6 min)
 #
 # nginx-cache is nginx with proxy_cache on GETs (port 18095): the anchor for ours_cache's hits.
 #
@@ -56,5 +59,11 @@ case $MODE in
     # The cache layer in the stack but the route not cacheable: the layer's own cost.
     export CMD_ours_bypass=$(conf ours-bypass 18105 "$NOLIMITS"$'\n[cache]\nenabled = true\n[[cache.rules]]\npath = "/v1/agents/**"\ncache = false')
     WORKLOADS=${WORKLOADS:-"get post"} exec "$HARNESS/run.sh" nginx ours=127.0.0.1:18100 ours_bypass=127.0.0.1:18105 ;;
-  *) echo "usage: $0 [main|features|bypass|quick]" >&2; exit 2 ;;
+  compare)
+    # This build (`ours`) against BASELINE_BIN (`base`) on the same config, same run.
+    [ -x "${BASELINE_BIN:-}" ] || { echo "compare: set BASELINE_BIN to another letta-proxy binary" >&2; exit 2; }
+    ours_config "$CONF/base.toml" 18106 "$NOLIMITS"$'\n[cache]\nenabled = false'
+    export CMD_base="$BASELINE_BIN --config $CONF/base.toml"
+    WORKLOADS=${WORKLOADS:-"get post"} exec "$HARNESS/run.sh" nginx ours=127.0.0.1:18100 base=127.0.0.1:18106 ;;
+  *) echo "usage: $0 [main|features|bypass|quick|compare]" >&2; exit 2 ;;
 esac

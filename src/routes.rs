@@ -9,7 +9,7 @@
 //!
 //! Letta 0.16.8 serves every route under `/v1` and again under `/latest`
 //! (`server/rest_api/app.py:857`); both are classified alike. Paths are
-//! classified as sent; the hygiene rules (`server::hygiene`) refuse the
+//! classified as sent; the hygiene rules (`gateway::hygiene`) refuse the
 //! percent-encodings that Letta would decode into something else first, so the
 //! agent seen here is the agent Letta writes. `tests/routes.rs` checks this file
 //! against every operation of Letta 0.16.8's OpenAPI document.
@@ -52,10 +52,16 @@ pub enum RouteKind {
     /// `/v1/zai/…`): they forward almost every request header to another
     /// service (`routers/v1/git_http.py:250`, `anthropic.py:269`, `zai.py:265`).
     PassThrough,
-    /// GETs with side effects: `/v1/tools/mcp/oauth/callback` stores an OAuth
-    /// result (`tools.py:858`), `/v1/mcp-servers/connect/{id}` opens an OAuth
-    /// session and streams (`mcp_servers.py:215`).
+    /// GETs that write: `/v1/tools/mcp/oauth/callback` stores an OAuth result
+    /// (`tools.py:858`), `/v1/mcp-servers/connect/{id}` opens an OAuth session
+    /// and streams (`mcp_servers.py:215`), `/v1/sources/{id}/files[/{file_id}]`
+    /// refresh the files' processing status (`sources.py:387,415`). Never
+    /// cached; not reads (not sent twice).
     SideEffect,
+    /// GETs whose answer Letta fetches live from another service:
+    /// `/v1/tools/mcp/servers/{name}/tools` asks the MCP server
+    /// (`tools.py:435`). Reads, never cached.
+    Live,
 }
 
 /// A classified request path.
@@ -67,8 +73,12 @@ pub struct Route<'a> {
     /// The `agent-…` id the request acts on: `/agents/{agent_id}`,
     /// `/_internal_agents/{agent_id}`, `/voice-beta/{agent_id}`, `/git/{agent_id}`,
     /// or a conversation addressed by its agent (`/conversations/agent-…`).
+    /// Agents named only in a body, a query or Letta's database (a `conv-…`
+    /// conversation, a group's members) are not seen here.
     pub agent_id: Option<&'a str>,
-    /// The `block-…` id when the path names a block (`/blocks/{block_id}`).
+    /// The `block-…` id when the path names a block by id: `/blocks/{block_id}`,
+    /// `/_internal_blocks/{block_id}`, `…/blocks/attach|detach/{block_id}` (a
+    /// block named by label under `core-memory/blocks/` is not an id).
     pub block_id: Option<&'a str>,
     /// Whether the path is a POST that only reads (searches, exports, previews,
     /// stream replays, schema generation, provider and MCP checks, `/v1/auth`):
@@ -79,15 +89,24 @@ pub struct Route<'a> {
 }
 
 impl Route<'_> {
-    /// Whether `method` on this route only reads (GET, HEAD, OPTIONS, or a read-only POST).
+    /// Whether `method` on this route only reads (GET, HEAD, OPTIONS, or a
+    /// read-only POST), so it may be sent twice and run beside an agent's
+    /// writes. A GET that writes ([`RouteKind::SideEffect`]) is not a read.
     pub fn is_read(&self, method: &Method) -> bool {
-        matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
-            || (*method == Method::POST && self.read_only_post)
+        match *method {
+            Method::OPTIONS => true,
+            Method::GET | Method::HEAD => self.kind != RouteKind::SideEffect,
+            Method::POST => self.read_only_post,
+            _ => false,
+        }
     }
 
     /// Whether no cache rule may ever store this route's answers.
     pub fn never_cached(&self) -> bool {
-        matches!(self.kind, RouteKind::PassThrough | RouteKind::SideEffect) || self.streaming
+        matches!(
+            self.kind,
+            RouteKind::PassThrough | RouteKind::SideEffect | RouteKind::Live
+        ) || self.streaming
     }
 
     /// The key write ordering serialises on: the agent, else the block.
@@ -156,6 +175,10 @@ impl Classified {
     }
 }
 
+/// Most leading words of a path the rules below look at: the deepest Letta
+/// route (`/v1/tools/mcp/servers/{name}/tools/{tool}/execute`) has 7.
+const MAX_WORDS: usize = 8;
+
 /// Classifies `path` (no query string).
 pub fn classify(path: &str) -> Route<'_> {
     let mut route = Route {
@@ -176,13 +199,12 @@ pub fn classify(path: &str) -> Route<'_> {
     if !(rest.is_empty() || rest.starts_with('/')) {
         return route;
     }
-    route.kind = RouteKind::Api;
     // Build the template on the stack as segment kinds, then intern it.
     let mut shape: [Seg; MAX_TEMPLATE_SEGMENTS] = [Seg::None; MAX_TEMPLATE_SEGMENTS];
     let mut n = 0;
     let mut truncated = false;
-    // The first non-empty segments (the route's kind), and the last two.
-    let mut words: [&str; 6] = [""; 6];
+    // The first non-empty segments, which the rules below read by position.
+    let mut words: [&str; MAX_WORDS] = [""; MAX_WORDS];
     let mut count = 0;
     let (mut prev, mut prev2): (Option<&str>, Option<&str>) = (None, None);
     for seg in rest.split('/').skip(1) {
@@ -194,19 +216,6 @@ pub fn classify(path: &str) -> Route<'_> {
                 n += 1;
             }
             continue;
-        }
-        match prev {
-            Some("agents" | "_internal_agents" | "voice-beta" | "conversations" | "git")
-                if seg.starts_with("agent-") && route.agent_id.is_none() =>
-            {
-                route.agent_id = Some(seg)
-            }
-            Some("blocks" | "_internal_blocks")
-                if seg.starts_with("block-") && route.block_id.is_none() =>
-            {
-                route.block_id = Some(seg)
-            }
-            _ => {}
         }
         let kind = segment_kind(seg, prev, prev2);
         if n < MAX_TEMPLATE_SEGMENTS {
@@ -221,63 +230,148 @@ pub fn classify(path: &str) -> Route<'_> {
         count += 1;
         (prev2, prev) = (prev, Some(seg));
     }
-    let head = &words[..count.min(words.len())];
-    route.kind = kind_of(head, count, route.agent_id.is_some());
-    route.read_only_post = read_only_post(head, count, prev);
-    route.streaming = prev == Some("stream")
-        || (words[0] == "tools" && words[1] == "mcp" && prev == Some("connect"))
-        || (words[0] == "mcp-servers" && words[1] == "connect");
+    let p = Path { words, count };
+    route.agent_id = p.agent();
+    route.block_id = p.block();
+    route.kind = p.kind(route.agent_id.is_some());
+    route.read_only_post = p.read_only_post();
+    route.streaming = p.streaming();
     route.template = intern((prefix, shape, n, truncated));
     route
 }
 
-/// The route's kind from its first words (`count` non-empty segments in all).
-fn kind_of(words: &[&str], count: usize, names_agent: bool) -> RouteKind {
-    let w = |i: usize| words.get(i).copied().unwrap_or("");
-    match (w(0), count) {
-        ("git" | "anthropic" | "zai", _) => RouteKind::PassThrough,
-        ("tools", _) if w(1) == "mcp" && w(2) == "oauth" => RouteKind::SideEffect,
-        ("mcp-servers", _) if w(1) == "connect" => RouteKind::SideEffect,
-        ("agents", 1) => RouteKind::Agents,
-        ("agents", _) if !(names_agent && w(1).starts_with("agent-")) => RouteKind::Api,
-        ("agents", 2) => RouteKind::Agent,
-        ("agents", 3) if w(2) == "core-memory" => RouteKind::AgentCoreMemory,
-        ("agents", 4) if w(2) == "core-memory" && w(3) == "blocks" => {
-            RouteKind::AgentCoreMemoryBlocks
-        }
-        ("agents", 5) if w(2) == "core-memory" && w(3) == "blocks" => {
-            // `…/blocks/attach/{id}` is 6 segments: a label here.
-            RouteKind::AgentCoreMemoryBlock
-        }
-        ("agents", 3) if w(2) == "messages" => RouteKind::AgentMessages,
-        ("agents", 4) if w(2) == "messages" && matches!(w(3), "stream" | "async") => {
-            RouteKind::AgentMessages
-        }
-        ("blocks", 2) if w(1).starts_with("block-") => RouteKind::Block,
-        _ => RouteKind::Api,
-    }
+/// A path's words (non-empty segments after the prefix) for the rules below,
+/// which follow Letta 0.16.8's routers by position and count, so a name chosen
+/// by a user (a tool called `search`, an MCP server called `connect`) is never
+/// taken for one of Letta's words. Each rule cites its Letta route; the table
+/// in `tests/data/letta-0.16.8-routes.tsv` checks them all.
+struct Path<'a> {
+    words: [&'a str; MAX_WORDS],
+    /// Non-empty segments in all (may exceed `MAX_WORDS`).
+    count: usize,
 }
 
-/// Letta's POSTs that only read (Letta 0.16.8 source, cited in `tests/data/letta-0.16.8-routes.tsv`).
-fn read_only_post(words: &[&str], count: usize, last: Option<&str>) -> bool {
-    let w = |i: usize| words.get(i).copied().unwrap_or("");
-    let first = w(0);
-    match last {
-        // tools, agents/messages, messages, passages, archival memory.
-        Some("search") => true,
-        // agents/{id}/export, …/messages/preview-raw-payload.
-        Some("export" | "preview-raw-payload") => true,
-        // Replays of a running stream: runs/{id}/stream, conversations/{id}/stream.
-        Some("stream") => matches!(first, "runs" | "conversations") && count == 3,
-        // Pure functions of the body, or LLM calls that persist nothing.
-        Some("generate-schema" | "generate-tool") => first == "tools",
-        Some("generate") => first == "agents" && count == 3,
-        // Upstream key and MCP server checks.
-        Some("check") => first == "providers",
-        Some("test") => first == "tools" && w(1) == "mcp",
-        // The password / API-key check.
-        Some("auth") => count == 1,
-        _ => false,
+impl<'a> Path<'a> {
+    fn w(&self, i: usize) -> &'a str {
+        self.words.get(i).copied().unwrap_or("")
+    }
+
+    /// The agent Letta acts on when the path names it.
+    fn agent(&self) -> Option<&'a str> {
+        let id = self.w(1);
+        let named = match self.w(0) {
+            // `/agents/{agent_id}/…`, `/_internal_agents/{agent_id}/…`,
+            // `/voice-beta/{agent_id}/…`, `/git/{agent_id}/state.git/…`
+            // (`git_http.py:204-218`).
+            "agents" | "_internal_agents" | "voice-beta" | "git" => true,
+            // `/conversations/agent-…/…`: the deprecated form that acts on the
+            // agent itself (`validators.py:47-73`, `conversations.py:143-149`).
+            "conversations" => true,
+            _ => false,
+        };
+        (named && id.starts_with("agent-")).then_some(id)
+    }
+
+    /// The block Letta acts on when the path names it by id (not by label).
+    fn block(&self) -> Option<&'a str> {
+        let w = |i| self.w(i);
+        let id = match (w(0), self.count) {
+            // `/blocks/{block_id}/…`, `/_internal_blocks/{block_id}/…`.
+            ("blocks" | "_internal_blocks", _) => w(1),
+            // `/agents/{agent_id}/core-memory/blocks/attach|detach/{block_id}`.
+            ("agents", 6) if w(2) == "core-memory" && w(3) == "blocks" => {
+                if matches!(w(4), "attach" | "detach") {
+                    w(5)
+                } else {
+                    ""
+                }
+            }
+            // `/groups/{group_id}/blocks/attach|detach/{block_id}`.
+            ("groups", 5) if w(2) == "blocks" && matches!(w(3), "attach" | "detach") => w(4),
+            _ => "",
+        };
+        id.starts_with("block-").then_some(id)
+    }
+
+    fn kind(&self, names_agent: bool) -> RouteKind {
+        let w = |i| self.w(i);
+        match (w(0), self.count) {
+            ("git" | "anthropic" | "zai", _) => RouteKind::PassThrough,
+            // `tools.py:858`: stores the OAuth result.
+            ("tools", 4) if w(1) == "mcp" && w(2) == "oauth" && w(3) == "callback" => {
+                RouteKind::SideEffect
+            }
+            // `mcp_servers.py:215`: opens an OAuth session and streams.
+            ("mcp-servers", 3) if w(1) == "connect" => RouteKind::SideEffect,
+            // `sources.py:387,415`: the file-status refresh writes.
+            ("sources", 3 | 4) if w(2) == "files" => RouteKind::SideEffect,
+            // `tools.py:435`: listed live by the external MCP server.
+            ("tools", 5) if w(1) == "mcp" && w(2) == "servers" && w(4) == "tools" => {
+                RouteKind::Live
+            }
+            ("agents", 1) => RouteKind::Agents,
+            ("agents", _) if !names_agent => RouteKind::Api,
+            ("agents", 2) => RouteKind::Agent,
+            ("agents", 3) if w(2) == "core-memory" => RouteKind::AgentCoreMemory,
+            ("agents", 4) if w(2) == "core-memory" && w(3) == "blocks" => {
+                RouteKind::AgentCoreMemoryBlocks
+            }
+            ("agents", 5) if w(2) == "core-memory" && w(3) == "blocks" => {
+                // `…/blocks/attach/{id}` is 6 segments: a label here.
+                RouteKind::AgentCoreMemoryBlock
+            }
+            ("agents", 3) if w(2) == "messages" => RouteKind::AgentMessages,
+            ("agents", 4) if w(2) == "messages" && matches!(w(3), "stream" | "async") => {
+                RouteKind::AgentMessages
+            }
+            ("blocks", 2) if w(1).starts_with("block-") => RouteKind::Block,
+            _ => RouteKind::Api,
+        }
+    }
+
+    /// Letta's POSTs that only read (cited in `tests/data/letta-0.16.8-routes.tsv`).
+    fn read_only_post(&self) -> bool {
+        let w = |i| self.w(i);
+        match (self.count, w(0)) {
+            // `auth/index.py:25`: the password / API-key check.
+            (1, "auth") => true,
+            // Searches: `tools.py:274`, `messages.py:65`, `passages.py:82`.
+            (2, "tools" | "messages" | "passages") if w(1) == "search" => true,
+            // `tools.py:772` (a pure function of the body), `tools.py:920` (an
+            // LLM call that persists nothing).
+            (2, "tools") => matches!(w(1), "generate-schema" | "generate-tool"),
+            // `providers.py:102,119`: the key is checked upstream, nothing stored.
+            (2, "providers") => w(1) == "check",
+            (3, "providers") => w(2) == "check",
+            // `agents.py:351` (export), `agents.py:1959` (no persistence),
+            // `agents.py:2028` (search; `messages` is not an agent id there).
+            (3, "agents") => {
+                matches!(w(2), "export" | "generate") || (w(1) == "messages" && w(2) == "search")
+            }
+            // Replays of a running stream: `runs.py:324`, `conversations.py:658`.
+            (3, "runs" | "conversations") => w(2) == "stream",
+            // `agents.py:2379`, `conversations.py:562`: build the LLM request only.
+            (4, "agents" | "conversations") => w(2) == "messages" && w(3) == "preview-raw-payload",
+            // `tools.py:620`: connects to the MCP server, stores nothing.
+            (4, "tools") => w(1) == "mcp" && w(2) == "servers" && w(3) == "test",
+            _ => false,
+        }
+    }
+
+    /// Whether the route always answers with Server-Sent Events.
+    fn streaming(&self) -> bool {
+        let w = |i| self.w(i);
+        match (self.count, w(0)) {
+            // `agents.py:1866` forces streaming.
+            (4, "agents") => w(2) == "messages" && w(3) == "stream",
+            // `runs.py:408`, `conversations.py:830`.
+            (3, "runs" | "conversations") => w(2) == "stream",
+            // `tools.py:764`.
+            (4, "tools") => w(1) == "mcp" && w(2) == "servers" && w(3) == "connect",
+            // `mcp_servers.py:310`: a GET that streams.
+            (3, "mcp-servers") => w(1) == "connect",
+            _ => false,
+        }
     }
 }
 
@@ -336,7 +430,8 @@ fn id_param(seg: &str) -> Option<&'static str> {
         "group" => "group_id",
         "passage" => "passage_id",
         "provider" => "provider_id",
-        "sandbox" => "sandbox_id",
+        "sandbox" => "sandbox_config_id",
+        "mcp_server" => "mcp_server_id",
         "archive" => "archive_id",
         "conversation" | "conv" => "conversation_id",
         _ => "id",
@@ -567,7 +662,11 @@ mod tests {
         assert!(r.streaming && !r.is_read(&Method::POST));
         assert_eq!(r.kind, RouteKind::AgentMessages);
         assert!(classify("/v1/runs/run-0a1b2c3d-aaaa/stream").is_read(&Method::POST));
-        assert!(classify(&format!("/v1/agents/{A}/archival-memory/search")).is_read(&Method::POST));
+        // Searches by POST are reads; GET-only search routes are not read-only POSTs.
+        assert!(classify("/v1/agents/messages/search").is_read(&Method::POST));
+        assert!(!classify(&format!("/v1/agents/{A}/archival-memory/search")).is_read(&Method::POST));
+        // A user's name that happens to be one of Letta's words is not taken for it.
+        assert!(!classify("/v1/tools/mcp/servers/srv/search").is_read(&Method::POST));
         assert!(!classify(&format!("/v1/agents/{A}/messages")).is_read(&Method::POST));
         assert!(classify(&format!("/v1/agents/{A}/messages")).is_read(&Method::GET));
         // Not an agent id: no affinity key.

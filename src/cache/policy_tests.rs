@@ -173,9 +173,10 @@ fn request_plans() {
             none.clone(),
             Plan::Write,
         ),
+        // A read-only POST (Letta's archival-memory search is a GET).
         (
             Method::POST,
-            format!("/v1/agents/{A}/archival-memory/search"),
+            "/v1/agents/messages/search".into(),
             none.clone(),
             Plan::Pass,
         ),

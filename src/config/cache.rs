@@ -112,16 +112,22 @@ fn ttl(path: &str, secs: u64) -> CacheRule {
     }
 }
 
-/// Default rules: state Letta changes by itself (runs, jobs, steps, file
-/// processing, message histories) is never cached; slow-changing catalogues
-/// live long; agents and blocks short.
+/// Default rules: probes always reach a backend; state Letta changes by
+/// itself (message histories, runs, jobs, steps and their traces,
+/// conversations, file processing) is never cached; slow-changing catalogues
+/// live long; agents and blocks short. `tests/routes.rs` checks the outcome for
+/// every Letta 0.16.8 route against `tests/data/letta-0.16.8-routes.tsv`.
 pub fn default_rules() -> Vec<CacheRule> {
     vec![
         off("/v1/health/**"),
+        off("/v1/ready/**"),
         off("/v1/**/messages/**"),
         off("/v1/runs/**"),
+        off("/v1/_internal_runs/**"),
         off("/v1/jobs/**"),
         off("/v1/steps/**"),
+        off("/v1/telemetry/**"),
+        off("/v1/conversations/**"),
         off("/v1/**/files/**"),
         ttl("/v1/tools/**", 300),
         ttl("/v1/models/**", 300),

@@ -42,19 +42,21 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(is_hop_by_hop) {
         return;
     }
-    // Fast path: most requests carry none of them.
-    if let Some(conn) = headers.get(header::CONNECTION) {
-        if conn.as_bytes().eq_ignore_ascii_case(b"keep-alive")
-            || conn.as_bytes().eq_ignore_ascii_case(b"close")
-        {
+    if headers.contains_key(header::CONNECTION) {
+        // Every `Connection` line counts (a repeated header is one list).
+        let plain = headers.get_all(header::CONNECTION).iter().all(|v| {
+            v.as_bytes().eq_ignore_ascii_case(b"keep-alive")
+                || v.as_bytes().eq_ignore_ascii_case(b"close")
+        });
+        if plain {
             // Only the header itself; `keep-alive` is removed below anyway.
         } else {
+            // Split as bytes: a value with an obs-text byte elsewhere still names headers.
             let named: Vec<HeaderName> = headers
                 .get_all(header::CONNECTION)
                 .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+                .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+                .filter_map(|n| HeaderName::from_bytes(n.trim_ascii()).ok())
                 .collect();
             for name in named {
                 headers.remove(&name);
@@ -90,15 +92,20 @@ pub fn add_forwarded(
     if let Some(client_ip) = client_ip {
         let mut ip_buf = [0u8; 64];
         let ip = format_ip(client_ip, &mut ip_buf);
-        let xff = match headers.get(&X_FORWARDED_FOR) {
-            Some(prev) if !prev.is_empty() => {
-                let mut v = Vec::with_capacity(prev.len() + 2 + ip.len());
-                v.extend_from_slice(prev.as_bytes());
-                v.extend_from_slice(b", ");
-                v.extend_from_slice(ip);
-                HeaderValue::from_bytes(&v)
+        // Every earlier hop, from every `X-Forwarded-For` line in order (a
+        // repeated header is one comma-separated list, RFC 9110 §5.3), then ours.
+        let xff = if headers.contains_key(&X_FORWARDED_FOR) {
+            let mut v = Vec::with_capacity(64);
+            for prev in headers.get_all(&X_FORWARDED_FOR) {
+                if !prev.is_empty() {
+                    v.extend_from_slice(prev.as_bytes());
+                    v.extend_from_slice(b", ");
+                }
             }
-            _ => HeaderValue::from_bytes(ip),
+            v.extend_from_slice(ip);
+            HeaderValue::from_bytes(&v)
+        } else {
+            HeaderValue::from_bytes(ip)
         };
         if let Ok(xff) = xff {
             headers.insert(X_FORWARDED_FOR.clone(), xff);
@@ -234,6 +241,31 @@ mod tests {
     }
 
     #[test]
+    fn every_connection_line_is_honoured() {
+        // Found by fuzz/fuzz_targets/headers.rs: only the first `Connection`
+        // line was read, so `keep-alive` there let a header the second one
+        // names through to the backend.
+        let mut h = map(&[
+            ("connection", "keep-alive"),
+            ("connection", "x-secret-hop"),
+            ("x-secret-hop", "1"),
+            ("authorization", "Bearer tok"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["authorization"]);
+        // A byte that is not text elsewhere in the value does not hide a name.
+        let mut h = HeaderMap::new();
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_bytes(b"x-secret-hop, \xff").unwrap(),
+        );
+        h.append("x-secret-hop", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty(), "{h:?}");
+    }
+
+    #[test]
     fn forwarded_headers_append_and_keep_outer_values() {
         let mut h = map(&[
             ("x-forwarded-for", "203.0.113.9"),
@@ -258,6 +290,17 @@ mod tests {
         let mut h = HeaderMap::new();
         add_forwarded(&mut h, None, None, true);
         assert_eq!(h["x-forwarded-proto"], "https", "the HTTPS listener");
+        // Found by fuzz/fuzz_targets/headers.rs: a second X-Forwarded-For line was dropped.
+        let mut h = map(&[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-for", ""),
+            ("x-forwarded-for", "198.51.100.2, 192.0.2.1"),
+        ]);
+        add_forwarded(&mut h, Some("10.0.0.7".parse().unwrap()), None, false);
+        assert_eq!(
+            h.get_all("x-forwarded-for").iter().collect::<Vec<_>>(),
+            ["203.0.113.9, 198.51.100.2, 192.0.2.1, 10.0.0.7"]
+        );
         let mut h = map(&[("x-forwarded-for", "203.0.113.9")]);
         add_forwarded(&mut h, None, None, false);
         assert_eq!(
