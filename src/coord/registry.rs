@@ -32,7 +32,9 @@ pub struct Instance {
     pub id: String,
     /// A name for people (host name or pod name by default).
     pub name: String,
-    /// Where it listens, as it reports it.
+    /// Where it listens, as it reports it (left out of `/-/stats`, which
+    /// shows no internal address).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub address: String,
     /// Start time, seconds since the Unix epoch.
     pub started_at: u64,
