@@ -150,8 +150,11 @@ impl Registry {
             .await;
         let Ok(flat) = got else {
             self.metrics.heartbeat_failures.inc();
+            self.metrics.redis_up.set(0);
             return false;
         };
+        // Every heartbeat says whether Redis answers, writes or not.
+        self.metrics.redis_up.set(1);
         let mut instances: Vec<Instance> = flat
             .chunks(2)
             .filter_map(|pair| {
@@ -199,6 +202,7 @@ impl Registry {
             }
             if !self.redis.is_connected() && !self.redis.connect().await {
                 self.metrics.heartbeat_failures.inc();
+                self.metrics.redis_up.set(0);
                 continue;
             }
             self.beat().await;
