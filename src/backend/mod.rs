@@ -309,7 +309,7 @@ impl Upstreams {
             .collect();
         // Local caps before the set goes live: a new backend never runs on
         // the whole cap while its share is smaller.
-        self.derive_local_caps(&backends);
+        let grew = self.derive_local_caps(&backends);
         let specs: Vec<BackendSpec<'_>> = backends
             .iter()
             .map(|b| BackendSpec {
@@ -330,6 +330,10 @@ impl Upstreams {
             strategy,
             selections,
         }));
+        if grew {
+            // Raised caps (or shares): requests queued at the old ones may go.
+            self.queue.wake_all();
+        }
     }
 
     /// Installs the rule deriving each backend's local cap from its
@@ -379,8 +383,9 @@ impl Upstreams {
             url,
             weight: AtomicU32::new(weight),
             max_in_flight: AtomicU64::new(max),
-            // Set from `max` (and the share rule) before the set goes live.
-            local_cap: AtomicU64::new(if max == 0 { NO_CAP } else { max }),
+            // Set from `max` and the share rule before the set goes live; from
+            // 0, so a new backend's slots count as grown caps (the queue wakes).
+            local_cap: AtomicU64::new(0),
             name_header: HeaderValue::from_str(name).expect("validated: printable ASCII"),
             in_flight: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
@@ -650,6 +655,38 @@ mod tests {
         assert_eq!(kept.local_cap(), Some(4));
         assert_eq!(backend(&up, "b").local_cap(), Some(3));
         assert_eq!(backend(&up, "c").local_cap(), Some(5));
+    }
+
+    #[tokio::test]
+    async fn a_reload_that_adds_slots_lets_queued_requests_go() {
+        // a: 1 slot, b: none here; then a reload raises a's cap.
+        let up = Arc::new(Upstreams::new(&config(1, 1), Metrics::new()));
+        up.set_cap_share(Some(Arc::new(|name: &str, cap: u64| {
+            Some(if name == "a" { cap } else { 0 })
+        })));
+        let first = match attempt(&up) {
+            Attempt::Got(got) => got,
+            _ => panic!("a has a slot"),
+        };
+        let waiter = tokio::spawn({
+            let up = up.clone();
+            async move {
+                up.queue
+                    .acquire(|| attempt(&up))
+                    .await
+                    .map(|(got, _)| got.0)
+            }
+        });
+        while up.queue.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        up.replace(&config(2, 1));
+        let got = tokio::time::timeout(Duration::from_secs(2), waiter)
+            .await
+            .expect("woken by the reload, not by a release")
+            .unwrap();
+        assert_eq!(got.ok(), Some(0));
+        drop(first);
     }
 
     #[tokio::test]
