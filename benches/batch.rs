@@ -35,6 +35,8 @@ fn batch(c: &mut Criterion) {
         ));
         (addr, (a, b))
     });
+    // reqwest is built with rustls and no provider of its own: ours.
+    letta_proxy::tls::install_default_provider();
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     let paths: Vec<String> = (0..100)
         .map(|i| format!("/v1/blocks/block-{i:08x}-0000-4000-8000-000000000000"))

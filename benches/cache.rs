@@ -181,6 +181,8 @@ async fn load(
     concurrency: usize,
     path: impl Fn(usize) -> String + Send + Sync + 'static,
 ) -> (f64, Duration) {
+    // reqwest is built with rustls and no provider of its own: ours.
+    letta_proxy::tls::install_default_provider();
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let path = Arc::new(path);

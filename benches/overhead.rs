@@ -85,7 +85,7 @@ fn hot_functions(c: &mut Criterion) {
             |mut h| {
                 headers::strip_hop_by_hop(&mut h);
                 let host = h.get("host").cloned();
-                headers::add_forwarded(&mut h, Some(peer.ip()), host.as_ref());
+                headers::add_forwarded(&mut h, Some(peer.ip()), host.as_ref(), false);
                 h.insert("x-request-id", new_request_id());
                 h
             },

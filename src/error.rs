@@ -30,9 +30,12 @@ pub enum ProxyError {
     #[error("overloaded: {0}")]
     Overloaded(&'static str),
     /// No connection could be opened to the backend; nothing was sent.
-    #[error("backend {backend} is unreachable")]
+    /// `reason` is a fixed phrase (never an address): a client seeing a
+    /// certificate refusal knows it is the proxy's configuration, not an outage.
+    #[error("backend {backend} is unreachable ({reason})")]
     Connect {
         backend: String,
+        reason: &'static str,
         #[source]
         source: BoxError,
     },
@@ -128,6 +131,7 @@ mod tests {
             (
                 ProxyError::Connect {
                     backend: "a".into(),
+                    reason: "connection failed",
                     source: io(),
                 },
                 502,
@@ -169,8 +173,12 @@ mod tests {
     fn messages_name_the_backend_never_its_address() {
         let e = ProxyError::Connect {
             backend: "letta-a".into(),
+            reason: "connection failed",
             source: Box::new(std::io::Error::other("tcp connect error 127.0.0.1:8283")),
         };
-        assert_eq!(e.to_string(), "backend letta-a is unreachable");
+        assert_eq!(
+            e.to_string(),
+            "backend letta-a is unreachable (connection failed)"
+        );
     }
 }

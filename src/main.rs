@@ -1,8 +1,7 @@
 //! `letta-proxy`: binds, loads the config, and hands over to the library.
 //!
-//! `letta-proxy health URL` is a tiny HTTP probe for container healthchecks:
-//! the runtime image carries no curl, and the probe must not depend on the
-//! config (a healthcheck that fails because of a config typo would hide it).
+//! `letta-proxy health URL` is a tiny HTTP(S) probe for container
+//! healthchecks (`letta_proxy::health::check`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,12 +33,15 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// GET an http:// URL; exit 0 on a 2xx answer within the timeout, 1 otherwise.
-    /// For container healthchecks (the image has no curl), e.g.
-    /// `letta-proxy health http://127.0.0.1:8300/-/ready`. Reads no config.
+    /// GET an http:// or https:// URL; exit 0 on a 2xx answer within the
+    /// timeout, 1 otherwise. For container healthchecks (the image has no
+    /// curl), e.g. `letta-proxy health http://127.0.0.1:8300/-/ready`. Reads no config.
     Health {
-        /// The URL to probe (http only), e.g. http://127.0.0.1:8300/-/healthy.
+        /// The URL to probe, e.g. http://127.0.0.1:8300/-/ready.
         url: String,
+        /// PEM CA certificates to trust for an https:// URL instead of the system roots.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
         /// Longest time for the whole exchange (connect, headers, body).
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         timeout: Duration,
@@ -48,8 +50,15 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Health { url, timeout }) = &cli.command {
-        return health(url, *timeout);
+    // Before anything builds a TLS configuration (the Redis client's among them).
+    letta_proxy::tls::install_default_provider();
+    if let Some(Command::Health {
+        url,
+        ca_file,
+        timeout,
+    }) = &cli.command
+    {
+        return health(url, ca_file.as_deref(), *timeout);
     }
     let config = match Config::load(cli.config.as_deref(), std::env::vars()) {
         Ok(c) => c,
@@ -72,6 +81,21 @@ fn main() -> ExitCode {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        if let Some(files) = &config.server.tls {
+            // Loaded once already by validation: this cannot fail differently now.
+            if let Ok(tls) = letta_proxy::tls::ServerTls::load(files) {
+                let cert = tls.certificate();
+                println!(
+                    "https: {} ({}), valid until {}",
+                    cert.path.display(),
+                    cert.subject,
+                    cert.not_after_text()
+                );
+                if let Some(problem) = cert.problem(std::time::SystemTime::now()) {
+                    println!("warning: {problem}");
+                }
+            }
+        }
         return ExitCode::SUCCESS;
     }
     // Reloads re-read the file the config came from.
@@ -92,9 +116,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// `letta-proxy health URL`: one GET, bounded by `timeout` from connect to the
-/// body's end. Prints the status (or the error) so `docker inspect` shows why.
-fn health(url: &str, timeout: Duration) -> ExitCode {
+/// `letta-proxy health URL`: prints the status (or the error) so `docker
+/// inspect` shows why a check failed.
+fn health(url: &str, ca_file: Option<&std::path::Path>, timeout: Duration) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -105,50 +129,20 @@ fn health(url: &str, timeout: Duration) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(async { tokio::time::timeout(timeout, probe(url)).await }) {
-        Ok(Ok(status)) if status.is_success() => {
+    match runtime.block_on(letta_proxy::health::check::check(url, ca_file, timeout)) {
+        Ok(status) if status.is_success() => {
             println!("{url}: {status}");
             ExitCode::SUCCESS
         }
-        Ok(Ok(status)) => {
+        Ok(status) => {
             eprintln!("letta-proxy health: {url}: {status}");
             ExitCode::FAILURE
         }
-        Ok(Err(e)) => {
+        Err(e) => {
             eprintln!("letta-proxy health: {url}: {e:#}");
             ExitCode::FAILURE
         }
-        Err(_) => {
-            eprintln!(
-                "letta-proxy health: {url}: no complete answer within {}",
-                humantime::format_duration(timeout)
-            );
-            ExitCode::FAILURE
-        }
     }
-}
-
-async fn probe(url: &str) -> anyhow::Result<http::StatusCode> {
-    use http_body_util::{BodyExt, Empty};
-    let uri: http::Uri = url.parse().context("not a URL")?;
-    anyhow::ensure!(
-        uri.scheme_str() == Some("http") && uri.host().is_some(),
-        "expected an http://host:port/path URL"
-    );
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Empty<bytes::Bytes>>();
-    let req = http::Request::get(uri)
-        .header(http::header::USER_AGENT, "letta-proxy-health")
-        .body(Empty::new())
-        .context("building the request")?;
-    let resp = client.request(req).await.context("request failed")?;
-    let status = resp.status();
-    // Read the body to its end, so a server that breaks mid-answer fails the probe.
-    resp.into_body()
-        .collect()
-        .await
-        .context("reading the body")?;
-    Ok(status)
 }
 
 fn init_logging(log: &LogConfig) {

@@ -109,6 +109,8 @@ fn written_id(method: &Method, path: &str) -> Option<String> {
 struct App {
     name: Arc<str>,
     stats: Arc<Stats>,
+    /// Serving HTTPS: its own redirects say so.
+    https: bool,
 }
 
 /// A running stand-in; stops when [`StandIn::stop`] is called or it is dropped.
@@ -116,6 +118,8 @@ pub struct StandIn {
     pub name: String,
     pub addr: SocketAddr,
     pub stats: Arc<Stats>,
+    /// Serves HTTPS (`https://` URL).
+    tls: bool,
     /// The accept loop; it owns every connection task, so aborting it drops them all.
     task: JoinHandle<()>,
 }
@@ -129,6 +133,24 @@ impl StandIn {
 
     /// Serves a stand-in named `name` on `listener`.
     pub fn serve(name: &str, listener: TcpListener) -> StandIn {
+        StandIn::serve_with(name, listener, None)
+    }
+
+    /// Serves a stand-in named `name` over HTTPS on `listener` (HTTP/2 or
+    /// HTTP/1.1 by ALPN), for tests of `https://` backends.
+    pub fn serve_tls(
+        name: &str,
+        listener: TcpListener,
+        tls: Arc<crate::tls::ServerTls>,
+    ) -> StandIn {
+        StandIn::serve_with(name, listener, Some(tls))
+    }
+
+    fn serve_with(
+        name: &str,
+        listener: TcpListener,
+        tls: Option<Arc<crate::tls::ServerTls>>,
+    ) -> StandIn {
         let addr = listener
             .local_addr()
             .expect("bound listener has an address");
@@ -136,12 +158,15 @@ impl StandIn {
         let app = router(App {
             name: Arc::from(name),
             stats: stats.clone(),
+            https: tls.is_some(),
         });
-        let task = tokio::spawn(accept_loop(listener, app));
+        let https = tls.is_some();
+        let task = tokio::spawn(accept_loop(listener, app, tls));
         StandIn {
             name: name.to_string(),
             addr,
             stats,
+            tls: https,
             task,
         }
     }
@@ -157,9 +182,10 @@ impl StandIn {
         self.stats.mode.store(code, Ordering::SeqCst);
     }
 
-    /// `http://127.0.0.1:port`.
+    /// `http://127.0.0.1:port` (`https://` when serving TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Stops accepting and drops every open connection, like a killed process:
@@ -177,7 +203,7 @@ impl Drop for StandIn {
 
 /// Serves `app` with every connection task in a `JoinSet` owned by this future,
 /// so aborting the future closes every connection at once.
-async fn accept_loop(listener: TcpListener, app: Router) {
+async fn accept_loop(listener: TcpListener, app: Router, tls: Option<Arc<crate::tls::ServerTls>>) {
     let mut conns = tokio::task::JoinSet::new();
     loop {
         let (stream, _) = tokio::select! {
@@ -190,12 +216,24 @@ async fn accept_loop(listener: TcpListener, app: Router) {
         };
         let _ = stream.set_nodelay(true);
         let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        let tls = tls.clone();
         conns.spawn(async move {
             let builder =
                 hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-            let _ = builder
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                .await;
+            use hyper_util::rt::TokioIo;
+            match tls {
+                None => {
+                    let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                }
+                Some(tls) => {
+                    let peer = stream.peer_addr().unwrap_or(([0, 0, 0, 0], 0).into());
+                    if let Ok(accepted) = tls.accept(stream, peer).await {
+                        let _ = builder
+                            .serve_connection(TokioIo::new(accepted.stream), svc)
+                            .await;
+                    }
+                }
+            }
         });
     }
 }
@@ -299,12 +337,15 @@ async fn health(State(app): State<App>) -> Response {
 /// Letta answers a collection path without its trailing slash with a 307 to an
 /// absolute URL built from `Host`.
 async fn redirect_to_slash(State(app): State<App>, headers: HeaderMap, uri: Uri) -> Response {
+    // `Host` on HTTP/1.1, `:authority` on HTTP/2.
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))
         .unwrap_or("localhost");
     let q = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
-    let loc = format!("http://{host}{}/{q}", uri.path());
+    let scheme = if app.https { "https" } else { "http" };
+    let loc = format!("{scheme}://{host}{}/{q}", uri.path());
     let mut r = StatusCode::TEMPORARY_REDIRECT.into_response();
     r.headers_mut().insert(
         header::LOCATION,
@@ -448,6 +489,7 @@ async fn echo_headers(State(app): State<App>, req: Request) -> Response {
         "headers": map,
         "uri": req.uri().to_string(),
         "method": req.method().as_str(),
+        "version": format!("{:?}", req.version()),
     });
     named(&app, axum::Json(out).into_response())
 }

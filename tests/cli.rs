@@ -116,6 +116,8 @@ async fn the_binary_logs_reloads_on_sighup_and_exits_cleanly_on_sigterm() {
         .spawn()
         .unwrap();
     let pid = child.id().to_string();
+    // reqwest is built with rustls and no provider of its own: ours.
+    letta_proxy::tls::install_default_provider();
     let c = reqwest::Client::builder().no_proxy().build().unwrap();
     let url =
         format!("http://127.0.0.1:{port}/v1/agents/agent-00000000-0000-4000-8000-000000000001");
@@ -235,10 +237,10 @@ async fn the_health_subcommand_exits_0_on_2xx_and_1_otherwise() {
     assert_eq!(code, Some(1));
     assert!(err.contains("300ms"), "{err}");
     assert!(took < Duration::from_secs(10), "bounded: {took:?}");
-    // Only http:// URLs (TLS is not in this version's probe).
-    let (code, err, _) = health("https://127.0.0.1:1/".into(), "1s").await.unwrap();
+    // http:// and https:// only (https is tested with the TLS tests).
+    let (code, err, _) = health("ftp://127.0.0.1:1/".into(), "1s").await.unwrap();
     assert_eq!(code, Some(1));
-    assert!(err.contains("http://"), "{err}");
+    assert!(err.contains("https://"), "{err}");
 }
 
 #[test]
@@ -329,6 +331,8 @@ async fn the_demo_commands_show_round_robin_and_a_cache_hit() {
             .to_string();
         (count, headers, url)
     };
+    // reqwest is built with rustls and no provider of its own: ours.
+    letta_proxy::tls::install_default_provider();
     let c = reqwest::Client::builder().no_proxy().build().unwrap();
     let send = |headers: Vec<(String, String)>, url: String| {
         let c = c.clone();

@@ -99,6 +99,8 @@ fn free_port() -> u16 {
 }
 
 fn client() -> reqwest::Client {
+    // reqwest is built with rustls and no provider of its own: ours.
+    letta_proxy::tls::install_default_provider();
     reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(10))

@@ -109,6 +109,8 @@ async fn a_client_leaving_mid_stream_releases_its_slot_and_the_backend() {
 async fn h2c_clients_are_served() {
     let s = standins(1).await;
     let proxy = TestProxy::start(config_for(&[&s[0]], "round_robin")).await;
+    // reqwest is built with rustls and no provider of its own: ours.
+    letta_proxy::tls::install_default_provider();
     let c = reqwest::Client::builder()
         .no_proxy()
         .http2_prior_knowledge()

@@ -40,8 +40,9 @@ pub use crate::config::BackendUrl;
 pub use guard::InFlight;
 
 use crate::balance::{self, BackendSpec, LoadView, PickRequest, Strategy};
-use crate::config::Config;
+use crate::config::{BackendConfig, Config};
 use crate::metrics::{BackendMetrics, Metrics};
+use crate::tls::BackendTls;
 use pool::{Pool, PoolConfig};
 use queue::{Attempt, WaitQueue};
 
@@ -301,9 +302,11 @@ impl Upstreams {
                     Some(b) => {
                         b.weight.store(bc.weight, Ordering::Relaxed);
                         b.max_in_flight.store(max, Ordering::Relaxed);
+                        // Re-read: rotated certificates apply to new connections.
+                        b.pool.set_tls(backend_tls(bc, &b.url));
                         b.clone()
                     }
-                    None => Arc::new(self.new_backend(&bc.name, url, bc.weight, max, config)),
+                    None => Arc::new(self.new_backend(bc, url, max, config)),
                 }
             })
             .collect();
@@ -370,18 +373,19 @@ impl Upstreams {
 
     fn new_backend(
         &self,
-        name: &str,
+        bc: &BackendConfig,
         url: BackendUrl,
-        weight: u32,
         max: u64,
         config: &Config,
     ) -> Backend {
         let bal = &config.balancer;
         let server = &config.server;
+        let name = bc.name.as_str();
+        let tls = backend_tls(bc, &url);
         Backend {
             name: Arc::from(name),
             url,
-            weight: AtomicU32::new(weight),
+            weight: AtomicU32::new(bc.weight),
             max_in_flight: AtomicU64::new(max),
             // Set from `max` and the share rule before the set goes live; from
             // 0, so a new backend's slots count as grown caps (the queue wakes).
@@ -397,11 +401,14 @@ impl Upstreams {
             latency: balance::PeakEwma::new(bal.ewma_decay, bal.error_penalty),
             metrics: self.metrics.backend(name),
             window: Default::default(),
-            pool: Pool::new(PoolConfig {
-                connect_timeout: server.connect_timeout,
-                idle_timeout: server.pool_idle_timeout,
-                max_idle: server.pool_max_idle_per_backend,
-            }),
+            pool: Pool::new(
+                PoolConfig {
+                    connect_timeout: server.connect_timeout,
+                    idle_timeout: server.pool_idle_timeout,
+                    max_idle: server.pool_max_idle_per_backend,
+                },
+                tls,
+            ),
         }
     }
 
@@ -511,6 +518,18 @@ fn pick_and_take(
         }
     }
     None
+}
+
+/// The TLS settings of an `https://` backend (`None` for `http://`). Files that
+/// became unreadable since the config was checked make every connect fail
+/// with the reason (so the request moves on to another backend) instead of
+/// failing the reload.
+fn backend_tls(bc: &BackendConfig, url: &BackendUrl) -> Option<Result<BackendTls, String>> {
+    let options = bc.tls_options(url)?;
+    Some(BackendTls::new(&options).map_err(|e| {
+        tracing::error!(backend = %bc.name, error = %e, "backend TLS settings unusable");
+        e.to_string()
+    }))
 }
 
 fn outlier_policy(config: &Config) -> OutlierPolicy {

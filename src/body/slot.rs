@@ -79,6 +79,16 @@ pub struct RequestBody {
     hint: SizeHint,
 }
 
+impl RequestBody {
+    /// A request without a body (health probes).
+    pub fn empty() -> RequestBody {
+        RequestBody {
+            state: ReqState::Empty,
+            hint: SizeHint::with_exact(0),
+        }
+    }
+}
+
 enum ReqState {
     Empty,
     /// A body kept in memory so a safe request can be sent again.

@@ -74,7 +74,38 @@ impl Gateway {
         p.config.store(config);
     }
 
-    /// Re-reads the file the gateway was started from and applies it.
+    /// Re-reads the listener's certificate files, as `config` names them. A
+    /// failure keeps the current certificate (and is logged and counted);
+    /// turning HTTPS on or off needs a restart, since the listener stays.
+    fn reload_tls(&self, config: &Config) {
+        match (&self.parts.tls, &config.server.tls) {
+            (Some(tls), Some(files)) => match tls.reload_from(files) {
+                Ok(cert) => tracing::info!(
+                    path = %cert.path.display(),
+                    subject = %cert.subject,
+                    not_after = %cert.not_after_text(),
+                    "TLS certificate reloaded"
+                ),
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "TLS certificate reload failed; the current certificate stays"
+                ),
+            },
+            (None, None) => {}
+            _ => tracing::warn!(
+                "[server.tls] added or removed: the listener changes protocol only on restart"
+            ),
+        }
+    }
+
+    /// Re-reads the listener's certificate files named by the config in force
+    /// (SIGHUP without a config file; the certificate watcher).
+    pub fn reload_certificates(&self) {
+        self.reload_tls(&self.config());
+    }
+
+    /// Re-reads the file the gateway was started from and applies it, and
+    /// re-reads the listener's certificate files.
     pub fn reload(&self) -> Result<ReloadReport, ReloadError> {
         let started = std::time::Instant::now();
         let path = self.config_path().cloned().ok_or(ReloadError::NoFile)?;
@@ -87,6 +118,8 @@ impl Gateway {
                     backends: config.backends.iter().map(|b| b.name.clone()).collect(),
                     duration_ms: 0.0,
                 };
+                // The certificate files are re-read on every reload, changed or not.
+                self.reload_tls(&config);
                 self.apply(config);
                 metrics.reloads.with_label_values(&["success"]).inc();
                 metrics.last_reload_success.set(unix_now());

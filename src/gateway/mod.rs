@@ -54,6 +54,7 @@ use crate::limit::Limits;
 use crate::metrics::Metrics;
 use crate::observe::Recorder;
 use crate::proxy::Proxy;
+use crate::tls::{ServerTls, TlsMetrics};
 
 pub use control::{ReloadError, ReloadReport};
 
@@ -86,6 +87,8 @@ pub(crate) struct Parts {
     /// Coordination with the other instances on the same Redis.
     coord: Option<Arc<Coordinator>>,
     proxy: Proxy,
+    /// The HTTPS listener's certificate and settings (`[server.tls]`).
+    tls: Option<Arc<ServerTls>>,
     /// The stack, boxed once, for `/-/batch` sub-requests.
     dispatch: OnceLock<stack::Dispatch>,
     /// Where the admin API listens, once bound.
@@ -141,6 +144,10 @@ impl Gateway {
         if let Some(c) = &cache {
             c.follow(&config);
         }
+        let tls = match &config.server.tls {
+            Some(files) => Some(Arc::new(server_tls(&config, files, &metrics)?)),
+            None => None,
+        };
         let coord = match (&redis, config.limits.coordinate) {
             (Some(redis), true) => Some(coordinate::start(
                 redis.clone(),
@@ -168,6 +175,7 @@ impl Gateway {
             recorder,
             cache,
             coord,
+            tls,
             dispatch: OnceLock::new(),
             admin_addr: OnceLock::new(),
             stop,
@@ -237,6 +245,12 @@ impl Gateway {
         self.parts.cache.as_ref()
     }
 
+    /// The HTTPS listener's TLS (certificate, reloads, handshakes), when
+    /// `[server.tls]` is set.
+    pub fn server_tls(&self) -> Option<&Arc<ServerTls>> {
+        self.parts.tls.as_ref()
+    }
+
     /// The file the config is reloaded from, if any.
     pub fn config_path(&self) -> Option<&PathBuf> {
         self.parts.config_path.as_ref()
@@ -265,8 +279,17 @@ impl Gateway {
     /// The `/-/stats` figures.
     pub fn stats(&self) -> crate::stats::Snapshot {
         let p = &self.parts;
-        let mut s = crate::stats::snapshot(&p.upstreams, &p.recorder.window, &p.metrics);
-        s.coordination = p.coord.as_ref().map(|c| {
+        let mut snapshot = crate::stats::snapshot(&p.upstreams, &p.recorder.window, &p.metrics);
+        snapshot.tls = p.tls.as_ref().map(|tls| {
+            let certificate = tls.certificate();
+            crate::stats::TlsStatus {
+                problem: certificate
+                    .problem(std::time::SystemTime::now())
+                    .map(|p| p.to_string()),
+                certificate,
+            }
+        });
+        snapshot.coordination = p.coord.as_ref().map(|c| {
             let mut status = c.status();
             // As for backends: the main listener shows no internal address.
             status.this_instance.address.clear();
@@ -275,7 +298,7 @@ impl Gateway {
             }
             status
         });
-        s
+        snapshot
     }
 
     /// Stops the background tasks (health probes, the cache's Redis tasks).
@@ -301,4 +324,34 @@ impl Gateway {
     pub fn stopped(&self) -> CancellationToken {
         self.parts.stop.child_token()
     }
+}
+
+/// The listener's TLS from `[server.tls]`, with its metrics; a certificate
+/// problem (expired, expiring) is logged, not fatal: the proxy must start to
+/// be fixed by a reload.
+fn server_tls(
+    config: &Config,
+    files: &crate::tls::ServerTlsConfig,
+    metrics: &Metrics,
+) -> Result<ServerTls, GatewayError> {
+    let tls = ServerTls::load(files)
+        .map_err(|e| GatewayError::Invalid(format!("[server.tls]: {e}")))?
+        .with_handshake_timeout(config.server.client_header_timeout);
+    let tls = match TlsMetrics::new(metrics.registry()) {
+        Ok(m) => tls.with_metrics(m),
+        Err(e) => {
+            tracing::warn!(error = %e, "TLS metrics not registered");
+            tls
+        }
+    };
+    let cert = tls.certificate();
+    match cert.problem(std::time::SystemTime::now()) {
+        Some(problem) => {
+            tracing::warn!(path = %cert.path.display(), subject = %cert.subject, %problem, "TLS certificate problem")
+        }
+        None => {
+            tracing::info!(path = %cert.path.display(), subject = %cert.subject, not_after = %cert.not_after_text(), "TLS certificate loaded")
+        }
+    }
+    Ok(tls)
 }

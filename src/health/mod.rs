@@ -4,25 +4,28 @@
 //!
 //! The verdicts live with each backend (`backend::health_state`, a pure
 //! threshold state machine; `backend::outlier` for passive ejection); this
-//! module only feeds them.
+//! module only feeds them. [`check`] is the `letta-proxy health URL` command.
+
+pub mod check;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, Uri};
-use http_body_util::Empty;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http::uri::PathAndQuery;
+use http::{header, HeaderValue, Request, Uri};
+use http_body_util::BodyExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::health_state::Transition;
+use crate::backend::pool::fit_to_connection;
 use crate::backend::{Backend, Upstreams};
+use crate::body::slot::RequestBody;
 use crate::config::{HealthConfig, SharedConfig};
 
-type ProbeClient = Client<HttpConnector, Empty<Bytes>>;
+/// A health answer longer than this is not read to its end (its connection is
+/// closed instead of reused).
+const MAX_PROBE_BODY: usize = 64 * 1024;
 
 /// Starts probing the backends of `upstreams` until `stop`. Settings are read
 /// from the config in force at every round, so a reload changes path, interval
@@ -32,20 +35,13 @@ pub fn spawn(
     config: SharedConfig,
     stop: CancellationToken,
 ) -> JoinHandle<()> {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(config.load().health.timeout));
-    connector.set_nodelay(true);
-    // Probes use their own small pool so they never queue behind proxied traffic.
-    let client: ProbeClient = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(1)
-        .build(connector);
     tokio::spawn(async move {
         loop {
             let config = config.load_full();
             let cfg = &config.health;
             if cfg.enabled {
                 let set = upstreams.load_full();
-                let probes = set.backends.iter().map(|b| probe_one(&client, b, cfg));
+                let probes = set.backends.iter().map(|b| probe_one(b, cfg));
                 futures_util::future::join_all(probes).await;
             }
             tokio::select! {
@@ -56,8 +52,8 @@ pub fn spawn(
     })
 }
 
-async fn probe_one(client: &ProbeClient, backend: &Arc<Backend>, cfg: &HealthConfig) {
-    let ok = probe(client, backend, &cfg.path, cfg.timeout).await;
+async fn probe_one(backend: &Arc<Backend>, cfg: &HealthConfig) {
+    let ok = probe(backend, &cfg.path, cfg.timeout).await;
     let transition = backend.observe_probe(ok, cfg.unhealthy_threshold, cfg.healthy_threshold);
     match transition {
         Some(Transition::WentDown) => {
@@ -73,18 +69,66 @@ async fn probe_one(client: &ProbeClient, backend: &Arc<Backend>, cfg: &HealthCon
     }
 }
 
-/// One probe: `GET path` answered 2xx within `timeout`.
-pub async fn probe(client: &ProbeClient, backend: &Backend, path: &str, timeout: Duration) -> bool {
-    let uri: Uri = match format!("http://{}{}", backend.url.authority, path).parse() {
-        Ok(u) => u,
-        Err(_) => return false,
+/// One probe: `GET path` answered 2xx within `timeout`, over the backend's
+/// own pool, so it speaks what proxied traffic speaks (TLS, HTTP/2) and keeps
+/// an idle connection warm instead of opening one per round.
+pub async fn probe(backend: &Backend, path: &str, timeout: Duration) -> bool {
+    tokio::time::timeout(timeout, probe_once(backend, path))
+        .await
+        .unwrap_or(false)
+}
+
+async fn probe_once(backend: &Backend, path: &str) -> bool {
+    let Ok(pq) = PathAndQuery::try_from(path) else {
+        return false;
     };
-    let req = Request::get(uri)
-        .header("user-agent", "letta-proxy-health")
-        .body(Empty::new())
-        .expect("valid probe request");
-    match tokio::time::timeout(timeout, client.request(req)).await {
-        Ok(Ok(resp)) => resp.status().is_success(),
-        _ => false,
+    let mut conn = match backend.pool.checkout(&backend.url).await {
+        Ok(conn) => conn,
+        Err(e) => {
+            tracing::debug!(backend = %backend.name, error = %e, "health probe: cannot connect");
+            return false;
+        }
+    };
+    if conn.ready().await.is_err() {
+        // An idle connection the backend had closed: one fresh try.
+        conn = match backend.pool.connect(&backend.url).await {
+            Ok(conn) => conn,
+            Err(_) => return false,
+        };
+        if conn.ready().await.is_err() {
+            return false;
+        }
     }
+    let mut req = Request::new(RequestBody::empty());
+    *req.uri_mut() = Uri::from(pq);
+    let host = HeaderValue::from_str(backend.url.authority.as_str()).expect("a valid authority");
+    req.headers_mut().insert(header::HOST, host);
+    req.headers_mut().insert(
+        header::USER_AGENT,
+        HeaderValue::from_static("letta-proxy-health"),
+    );
+    fit_to_connection(&mut req, &backend.url, conn.is_h2());
+    let resp = match conn.try_send(req).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            tracing::debug!(backend = %backend.name, error = %e.error(), "health probe failed");
+            return false;
+        }
+    };
+    let ok = resp.status().is_success();
+    // Read the answer to its end so the connection can serve again.
+    let mut body = resp.into_body();
+    let mut read = 0;
+    while let Some(frame) = body.frame().await {
+        match frame.map(|f| f.into_data()) {
+            Ok(Ok(data)) => read += data.len(),
+            Ok(Err(_)) => {}
+            Err(_) => return ok,
+        }
+        if read > MAX_PROBE_BODY {
+            return ok;
+        }
+    }
+    conn.release();
+    ok
 }

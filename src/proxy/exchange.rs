@@ -7,14 +7,14 @@ use std::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
-use http::{Request, Response, Version};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use tower::retry::budget::Budget;
 
 use super::retry::{self, Decision, Final};
 use super::upstream::{ProxyBody, UpstreamHold};
 use super::{headers, with_rng, Inner, Live};
-use crate::backend::pool::{ConnectError, Pooled};
+use crate::backend::pool::{fit_to_connection, ConnectError, Pooled};
 use crate::backend::queue::QueueError;
 use crate::backend::{Backend, InFlight};
 use crate::balance::PickRequest;
@@ -52,6 +52,9 @@ impl<'a> Exchange<'a> {
         let since = Instant::now();
         let classified = req.extensions().get::<Classified>().copied();
         let mount = mount_prefix(&req);
+        // Came over the HTTPS listener (an embedding application terminating
+        // TLS itself may say so too).
+        let over_tls = req.extensions().get::<crate::tls::ClientTls>().is_some();
         let (mut parts, body) = req.into_parts();
         let pq = parts
             .uri
@@ -69,7 +72,12 @@ impl<'a> Exchange<'a> {
                 limit: server.max_body_size,
             });
         }
-        let client_host = self.prepare_headers(&mut parts);
+        let client = self.prepare_headers(&mut parts, over_tls, mount);
+        // The host Letta sees: the client's (it builds redirects from it) or the backend's.
+        let send_host = client
+            .host
+            .clone()
+            .filter(|_| self.live.config.server.preserve_host);
         let safe = route.is_read(&parts.method);
         // Safe requests with a small body are read into memory so they can be retried.
         let body = match (safe, declared_len) {
@@ -115,15 +123,16 @@ impl<'a> Exchange<'a> {
             };
             let may_resend = req.safe && req.replayable && !req.retried && req.others_left;
             let sent_at = Instant::now();
+            let host = send_host.as_ref();
             let sent = self
-                .attempt(&backend, &mut parts, &pq, &slot, may_resend)
+                .attempt(&backend, &mut parts, (&pq, host), &slot, may_resend)
                 .await;
             let (attempt, err, answer) = self.judge(&backend, sent, sent_at.elapsed());
             let decision = retry::decide(attempt, req);
             let (reason, otherwise) = match decision {
                 Decision::Deliver => {
                     let (resp, conn) = answer.expect("delivered answers exist");
-                    return Ok(self.deliver(resp, conn, in_flight, &client_host, mount, since));
+                    return Ok(self.deliver(resp, conn, in_flight, &client, since));
                 }
                 Decision::Fail => return Err(err.expect("failed attempts have an error")),
                 Decision::Next {
@@ -142,7 +151,7 @@ impl<'a> Exchange<'a> {
                 // The budget said no.
                 return match (otherwise, answer) {
                     (Final::Deliver, Some((resp, conn))) => {
-                        Ok(self.deliver(resp, conn, in_flight, &client_host, mount, since))
+                        Ok(self.deliver(resp, conn, in_flight, &client, since))
                     }
                     _ => Err(err.expect("failed attempts have an error")),
                 };
@@ -162,25 +171,30 @@ impl<'a> Exchange<'a> {
         }
     }
 
-    /// Applies the forwarding header rules in place; returns the host the client addressed.
-    fn prepare_headers(&self, parts: &mut http::request::Parts) -> Option<HeaderValue> {
+    /// Applies the forwarding header rules in place; returns what the client addressed.
+    fn prepare_headers(
+        &self,
+        parts: &mut http::request::Parts,
+        over_tls: bool,
+        mount: Option<Arc<str>>,
+    ) -> ClientView {
         // The host the client addressed: `Host` for HTTP/1, `:authority` for h2.
-        let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        let host = parts.headers.get(header::HOST).cloned().or_else(|| {
             parts
                 .uri
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
         headers::strip_hop_by_hop(&mut parts.headers);
-        headers::add_forwarded(&mut parts.headers, self.peer, client_host.as_ref());
-        if self.live.config.server.preserve_host {
-            if let Some(h) = &client_host {
-                parts.headers.insert(header::HOST, h.clone());
-            }
-        } else {
-            parts.headers.remove(header::HOST);
+        headers::add_forwarded(&mut parts.headers, self.peer, host.as_ref(), over_tls);
+        // Set per attempt (`upstream_request`): the form depends on the connection.
+        parts.headers.remove(header::HOST);
+        ClientView {
+            // An outer proxy's X-Forwarded-Proto counts: it is what the client used.
+            https: headers::forwarded_https(&parts.headers),
+            host,
+            mount,
         }
-        client_host
     }
 
     /// Waits for a backend slot: picks a backend not tried yet and takes one of
@@ -229,7 +243,7 @@ impl<'a> Exchange<'a> {
         &self,
         backend: &Backend,
         parts: &mut http::request::Parts,
-        pq: &PathAndQuery,
+        (pq, host): (&PathAndQuery, Option<&HeaderValue>),
         slot: &BodySlot,
         may_resend: bool,
     ) -> Sent {
@@ -237,14 +251,21 @@ impl<'a> Exchange<'a> {
             Ok(conn) => conn,
             Err(e) => return Sent::Unreachable(e),
         };
-        let up = upstream_request(parts, pq, backend, slot, may_resend);
+        let target = Target {
+            pq,
+            host,
+            h2: conn.is_h2(),
+        };
+        let up = upstream_request(parts, &target, backend, slot, may_resend);
         let timeout = self.live.config.server.response_header_timeout;
         match tokio::time::timeout(timeout, send_on(backend, &mut conn, up)).await {
             Ok(Ok(resp)) => Sent::Answer(resp, conn),
             Ok(Err(SendError::NotSent(e, unsent))) => {
-                // The next backend gets the headers the client sent.
+                // The next backend gets the headers the client sent (the host
+                // is set again per attempt).
                 if let Some(req) = unsent {
                     parts.headers = req.into_parts().0.headers;
+                    parts.headers.remove(header::HOST);
                 }
                 Sent::Unreachable(e)
             }
@@ -298,6 +319,7 @@ impl<'a> Exchange<'a> {
                 tracing::warn!(backend = %backend.name, error = %err, "backend unreachable");
                 let e = ProxyError::Connect {
                     backend: name(),
+                    reason: err.summary(),
                     source: Box::new(err),
                 };
                 (retry::Attempt::NotSent, Some(e), None)
@@ -347,20 +369,19 @@ impl<'a> Exchange<'a> {
         resp: Response<Incoming>,
         conn: Pooled,
         in_flight: InFlight,
-        client_host: &Option<HeaderValue>,
-        mount: Option<Arc<str>>,
+        client: &ClientView,
         since: Instant,
     ) -> Response<ProxyBody> {
         let (mut parts, body) = resp.into_parts();
         let backend = in_flight.backend().clone();
         let h = &mut parts.headers;
         headers::strip_hop_by_hop(h);
-        headers::rewrite_location(
-            h,
-            &backend.url.authority,
-            client_host.as_ref(),
-            mount.as_deref().unwrap_or(""),
-        );
+        let side = headers::ClientSide {
+            host: client.host.as_ref(),
+            https: client.https,
+            mount: client.mount.as_deref().unwrap_or(""),
+        };
+        headers::rewrite_location(h, &backend.url, side);
         h.insert(headers::BACKEND.clone(), backend.name_header.clone());
         let hold = UpstreamHold {
             status: parts.status.as_u16(),
@@ -383,31 +404,49 @@ fn mount_prefix<B>(req: &Request<B>) -> Option<Arc<str>> {
     (!prefix.is_empty()).then(|| Arc::from(prefix))
 }
 
+/// What the client addressed: the redirects it gets back must point there.
+struct ClientView {
+    /// `Host` (HTTP/1) or `:authority` (HTTP/2).
+    host: Option<HeaderValue>,
+    /// It used HTTPS, to this listener or to a proxy in front.
+    https: bool,
+    /// The gateway's mount point in an embedding application (`/letta`).
+    mount: Option<Arc<str>>,
+}
+
+/// Where one attempt sends a request.
+struct Target<'a> {
+    pq: &'a PathAndQuery,
+    /// The host to name (the client's with `preserve_host`), else the backend's.
+    host: Option<&'a HeaderValue>,
+    h2: bool,
+}
+
 /// The request as sent to `backend`: same method, path and query byte for
-/// byte, prepared headers (copied when the request may be sent again, moved otherwise).
+/// byte, prepared headers (copied when the request may be sent again, moved
+/// otherwise), in the form the connection speaks.
 fn upstream_request(
     parts: &mut http::request::Parts,
-    pq: &PathAndQuery,
+    target: &Target<'_>,
     backend: &Backend,
     slot: &BodySlot,
     may_resend: bool,
 ) -> Request<RequestBody> {
-    // Origin form (`/v1/agents/?limit=5`) on a connection to the backend.
     let mut up = Request::new(slot.attempt());
     *up.method_mut() = parts.method.clone();
-    *up.uri_mut() = Uri::from(pq.clone());
-    *up.version_mut() = Version::HTTP_11;
     *up.headers_mut() = if may_resend {
         parts.headers.clone()
     } else {
         std::mem::take(&mut parts.headers)
     };
-    if !up.headers().contains_key(header::HOST) {
-        // `preserve_host` off, or an HTTP/1.0 client without Host.
-        let host = HeaderValue::from_str(backend.url.authority.as_str())
-            .expect("authority is a valid header");
-        up.headers_mut().insert(header::HOST, host);
-    }
+    let host = match target.host {
+        Some(h) => h.clone(),
+        None => HeaderValue::from_str(backend.url.authority.as_str())
+            .expect("authority is a valid header"),
+    };
+    up.headers_mut().insert(header::HOST, host);
+    *up.uri_mut() = Uri::from(target.pq.clone());
+    fit_to_connection(&mut up, &backend.url, target.h2);
     up
 }
 
@@ -428,9 +467,9 @@ async fn send_on(
     mut req: Request<RequestBody>,
 ) -> Result<Response<Incoming>, SendError> {
     loop {
-        let stale = conn.sender().ready().await.is_err();
+        let stale = conn.ready().await.is_err();
         if !stale {
-            match conn.sender().try_send_request(req).await {
+            match conn.try_send(req).await {
                 Ok(resp) => return Ok(resp),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if conn.reused => req = unsent,
@@ -444,7 +483,11 @@ async fn send_on(
             ));
         }
         match backend.pool.connect(&backend.url).await {
-            Ok(fresh) => *conn = fresh,
+            Ok(fresh) => {
+                // The fresh connection may speak the other protocol.
+                fit_to_connection(&mut req, &backend.url, fresh.is_h2());
+                *conn = fresh;
+            }
             Err(e) => return Err(SendError::NotSent(e, Some(Box::new(req)))),
         }
     }

@@ -3,15 +3,17 @@
 //!
 //! - hop-by-hop headers go: `Connection` and every header it names, `Keep-Alive`,
 //!   `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`, `Proxy-*`;
-//! - `X-Forwarded-For` gets the client address appended; `X-Forwarded-Proto` and
-//!   `X-Forwarded-Host` are set unless an outer proxy already set them;
+//! - `X-Forwarded-For` gets the client address appended; `X-Forwarded-Proto`
+//!   (`https` on the HTTPS listener) and `X-Forwarded-Host` are set unless an
+//!   outer proxy already set them;
 //! - everything else (`Authorization`, `User-Agent`, `X-Stainless-*`, `X-Project`)
 //!   passes untouched: Letta varies its answers on them.
 
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::Authority;
+
+use crate::config::BackendUrl;
 /// `x-letta-proxy-backend`: which replica answered.
 pub static BACKEND: HeaderName = HeaderName::from_static("x-letta-proxy-backend");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -77,12 +79,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Appends the client address (when known: an application embedding the
-/// gateway may not say) to `X-Forwarded-For`, and sets `-Proto` / `-Host` when
-/// no outer proxy set them.
+/// gateway may not say) to `X-Forwarded-For`, and sets `-Proto` (`https` when
+/// the client came over TLS) and `-Host` when no outer proxy set them.
 pub fn add_forwarded(
     headers: &mut HeaderMap,
     client_ip: Option<IpAddr>,
     host: Option<&HeaderValue>,
+    over_tls: bool,
 ) {
     if let Some(client_ip) = client_ip {
         let mut ip_buf = [0u8; 64];
@@ -102,13 +105,24 @@ pub fn add_forwarded(
         }
     }
     if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        let proto = if over_tls { "https" } else { "http" };
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     }
     if let Some(host) = host {
         if !headers.contains_key(&X_FORWARDED_HOST) {
             headers.insert(X_FORWARDED_HOST.clone(), host.clone());
         }
     }
+}
+
+/// Whether the client used HTTPS, by `X-Forwarded-Proto` as it is sent on
+/// (ours, or the first proxy's in front of us).
+pub fn forwarded_https(headers: &HeaderMap) -> bool {
+    headers
+        .get(&X_FORWARDED_PROTO)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .is_some_and(|first| first.trim().eq_ignore_ascii_case("https"))
 }
 
 fn format_ip(ip: IpAddr, buf: &mut [u8; 64]) -> &[u8] {
@@ -120,26 +134,37 @@ fn format_ip(ip: IpAddr, buf: &mut [u8; 64]) -> &[u8] {
     &buf[..n]
 }
 
+/// The client's side of the proxy, where a redirect must point.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientSide<'a> {
+    /// The host the client addressed (`Host` or `:authority`).
+    pub host: Option<&'a HeaderValue>,
+    /// The client used HTTPS (to us or to a proxy in front).
+    pub https: bool,
+    /// Where the gateway is mounted in an embedding application (`/letta`), or "".
+    pub mount: &'a str,
+}
+
 /// Rewrites a `Location` so it points where the client can follow it:
 ///
-/// - an absolute URL naming `backend` is moved to the address the client used
-///   (`client_host`): Letta builds its trailing-slash 307s from `Host`, so with
-///   `preserve_host` off, or behind another proxy, they would name the replica;
-/// - when the gateway is mounted under a prefix in an application's router
-///   (`mount`, e.g. `/letta`), a location on the client's host gets the prefix
-///   back (Letta answered for the path without it).
+/// - an absolute URL naming `backend` is moved to the address the client used:
+///   Letta builds its trailing-slash 307s from `Host`, so with `preserve_host`
+///   off, or behind another proxy, they would name the replica;
+/// - a URL on the client's host keeps the client's scheme: Letta only sees
+///   plain HTTP, so behind the HTTPS listener its `http://` would send the
+///   client off TLS (it is never downgraded);
+/// - when the gateway is mounted under a prefix in an application's router,
+///   a location on the client's host gets the prefix back (Letta answered for
+///   the path without it).
 ///
-/// Relative locations without a mount and other hosts are left alone.
-pub fn rewrite_location(
-    headers: &mut HeaderMap,
-    backend: &Authority,
-    client_host: Option<&HeaderValue>,
-    mount: &str,
-) {
+/// Other hosts are left alone.
+pub fn rewrite_location(headers: &mut HeaderMap, backend: &BackendUrl, client: ClientSide<'_>) {
     let Some(loc) = headers.get(header::LOCATION).and_then(|l| l.to_str().ok()) else {
         return;
     };
-    let host = client_host.and_then(|h| h.to_str().ok());
+    let host = client.host.and_then(|h| h.to_str().ok());
+    let mount = client.mount;
+    let client_scheme = if client.https { "https" } else { "http" };
     let rewritten = if let Some(path) = loc.strip_prefix('/') {
         // Relative to the host: only the mount is missing.
         (!mount.is_empty()).then(|| format!("{mount}/{path}"))
@@ -148,11 +173,14 @@ pub fn rewrite_location(
             return;
         };
         let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        let at_backend = authority.eq_ignore_ascii_case(backend.as_str()) && scheme == "http";
+        let at_backend = authority.eq_ignore_ascii_case(backend.authority.as_str())
+            && scheme.eq_ignore_ascii_case(backend.scheme.as_str());
         let at_client = host.is_some_and(|h| authority.eq_ignore_ascii_case(h));
+        let upgrade = client.https && scheme.eq_ignore_ascii_case("http");
         match (host, at_backend, at_client) {
-            (Some(h), true, _) => Some(format!("http://{h}{mount}{path}")),
-            (Some(_), false, true) if !mount.is_empty() => {
+            (Some(h), true, _) => Some(format!("{client_scheme}://{h}{mount}{path}")),
+            (Some(_), false, true) if upgrade || !mount.is_empty() => {
+                let scheme = if upgrade { "https" } else { scheme };
                 Some(format!("{scheme}://{authority}{mount}{path}"))
             }
             _ => None,
@@ -212,16 +240,26 @@ mod tests {
             ("x-forwarded-proto", "https"),
         ]);
         let host = HeaderValue::from_static("proxy.example:8300");
-        add_forwarded(&mut h, Some("127.0.0.1".parse().unwrap()), Some(&host));
+        add_forwarded(
+            &mut h,
+            Some("127.0.0.1".parse().unwrap()),
+            Some(&host),
+            false,
+        );
         assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
+        assert!(forwarded_https(&h), "the outer proxy's scheme counts");
         assert_eq!(h["x-forwarded-host"], "proxy.example:8300");
         let mut h = HeaderMap::new();
-        add_forwarded(&mut h, Some("::1".parse().unwrap()), None);
+        add_forwarded(&mut h, Some("::1".parse().unwrap()), None, false);
         assert_eq!(h["x-forwarded-for"], "::1");
         assert_eq!(h["x-forwarded-proto"], "http");
+        assert!(!forwarded_https(&h));
+        let mut h = HeaderMap::new();
+        add_forwarded(&mut h, None, None, true);
+        assert_eq!(h["x-forwarded-proto"], "https", "the HTTPS listener");
         let mut h = map(&[("x-forwarded-for", "203.0.113.9")]);
-        add_forwarded(&mut h, None, None);
+        add_forwarded(&mut h, None, None, false);
         assert_eq!(
             h["x-forwarded-for"], "203.0.113.9",
             "no address known: unchanged"
@@ -230,10 +268,15 @@ mod tests {
 
     #[test]
     fn location_pointing_at_the_backend_is_rewritten_to_the_client_host() {
-        let backend: Authority = "127.0.0.1:8283".parse().unwrap();
+        let backend = BackendUrl::parse("http://127.0.0.1:8283").unwrap();
         let host = HeaderValue::from_static("localhost:8300");
+        let client = ClientSide {
+            host: Some(&host),
+            https: false,
+            mount: "",
+        };
         let mut h = map(&[("location", "http://127.0.0.1:8283/v1/agents/?limit=5")]);
-        rewrite_location(&mut h, &backend, Some(&host), "");
+        rewrite_location(&mut h, &backend, client);
         assert_eq!(h["location"], "http://localhost:8300/v1/agents/?limit=5");
         for other in [
             "/v1/agents/",
@@ -242,15 +285,63 @@ mod tests {
             "http://localhost:8300/v1/agents/",
         ] {
             let mut h = map(&[("location", other)]);
-            rewrite_location(&mut h, &backend, Some(&host), "");
+            rewrite_location(&mut h, &backend, client);
             assert_eq!(h["location"], other);
         }
     }
 
     #[test]
+    fn behind_https_redirects_stay_on_https() {
+        let host = HeaderValue::from_static("letta.example");
+        let client = ClientSide {
+            host: Some(&host),
+            https: true,
+            mount: "",
+        };
+        let plain = BackendUrl::parse("http://10.0.0.5:8283").unwrap();
+        let tls = BackendUrl::parse("https://letta-a.internal").unwrap();
+        for (backend, loc, want) in [
+            // Letta saw plain HTTP with the client's Host (preserve_host).
+            (
+                &plain,
+                "http://letta.example/v1/agents/",
+                "https://letta.example/v1/agents/",
+            ),
+            // preserve_host off: Letta named itself.
+            (
+                &plain,
+                "http://10.0.0.5:8283/v1/tools/",
+                "https://letta.example/v1/tools/",
+            ),
+            (
+                &tls,
+                "https://letta-a.internal/v1/tools/",
+                "https://letta.example/v1/tools/",
+            ),
+            // Already HTTPS, relative, or another host: unchanged.
+            (
+                &plain,
+                "https://letta.example/v1/x/",
+                "https://letta.example/v1/x/",
+            ),
+            (&plain, "/v1/agents/", "/v1/agents/"),
+            (&plain, "http://elsewhere/x", "http://elsewhere/x"),
+        ] {
+            let mut h = map(&[("location", loc)]);
+            rewrite_location(&mut h, backend, client);
+            assert_eq!(h["location"], want, "{loc}");
+        }
+    }
+
+    #[test]
     fn a_mounted_gateway_keeps_its_prefix_in_redirects() {
-        let backend: Authority = "127.0.0.1:8283".parse().unwrap();
+        let backend = BackendUrl::parse("http://127.0.0.1:8283").unwrap();
         let host = HeaderValue::from_static("app.example");
+        let client = ClientSide {
+            host: Some(&host),
+            https: false,
+            mount: "/letta",
+        };
         for (loc, want) in [
             (
                 "http://app.example/v1/agents/",
@@ -268,7 +359,7 @@ mod tests {
             ("http://elsewhere/v1/agents/", "http://elsewhere/v1/agents/"),
         ] {
             let mut h = map(&[("location", loc)]);
-            rewrite_location(&mut h, &backend, Some(&host), "/letta");
+            rewrite_location(&mut h, &backend, client);
             assert_eq!(h["location"], want, "{loc}");
         }
     }

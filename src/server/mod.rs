@@ -1,6 +1,11 @@
 //! Listeners and lifecycle: accept connections (HTTP/1.1 and h2c on one
-//! port), hand each request to the gateway's router, serve the admin API, and
-//! shut down gracefully.
+//! port; with `[server.tls]`, HTTPS with HTTP/2 or HTTP/1.1 by ALPN), hand each
+//! request to the gateway's router, serve the admin API and the plain-HTTP
+//! redirect listener, and shut down gracefully.
+//!
+//! A TLS handshake runs in the connection's own task, under
+//! `server.client_header_timeout`: a slow or broken client holds one
+//! connection slot, never the accept loop.
 //!
 //! Shutdown: stop accepting, tell every connection to finish its current
 //! exchanges (HTTP/1 keep-alive off, HTTP/2 GOAWAY), and wait up to
@@ -26,6 +31,9 @@ use tokio::sync::Semaphore;
 
 use crate::config::Config;
 use crate::gateway::{Gateway, GatewayError};
+use crate::tls::{ClientTls, ServerTls};
+
+type ConnBuilder = auto::Builder<TokioExecutor>;
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -52,11 +60,13 @@ pub async fn serve(
 }
 
 /// One client connection's service: the router, with the client's address
-/// in each request's extensions (axum's `ConnectInfo`, as `axum::serve` does).
+/// in each request's extensions (axum's `ConnectInfo`, as `axum::serve` does)
+/// and, over HTTPS, the [`ClientTls`] marker.
 #[derive(Clone)]
 struct Connection {
     router: Router,
     peer: SocketAddr,
+    tls: Option<ClientTls>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for Connection {
@@ -68,6 +78,9 @@ impl hyper::service::Service<Request<Incoming>> for Connection {
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         req.extensions_mut().insert(ConnectInfo(self.peer));
+        if let Some(tls) = self.tls {
+            req.extensions_mut().insert(tls);
+        }
         tower::Service::call(&mut self.router.clone(), req)
     }
 }
@@ -107,6 +120,30 @@ pub async fn serve_gateway(
             std::time::Duration::from_secs(2),
             stop_background.clone(),
         );
+    }
+    let tls = gateway.server_tls().cloned();
+    if tls.is_some() {
+        reload::spawn_cert_watch(
+            gateway.clone(),
+            std::time::Duration::from_secs(2),
+            stop_background.clone(),
+        );
+    }
+    if let Some(addr) = cfg.tls.as_ref().and_then(|t| t.redirect_http_listen) {
+        let plain = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind { addr, source })?;
+        let https_port = listener
+            .local_addr()
+            .map_err(|source| ServeError::Bind { addr, source })?
+            .port();
+        tracing::info!(listen = %addr, https_port, "redirecting plain HTTP to HTTPS");
+        let stop = stop_background.clone();
+        tokio::spawn(crate::tls::redirect::serve(
+            plain,
+            https_port,
+            stop.cancelled_owned(),
+        ));
     }
     if let Some(addr) = cfg.admin_listen {
         let admin = TcpListener::bind(addr)
@@ -149,17 +186,27 @@ pub async fn serve_gateway(
         let svc = Connection {
             router: router.clone(),
             peer,
+            tls: None,
         };
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), svc)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
-            }
-            drop(permit);
-        });
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        match &tls {
+            None => tokio::spawn(async move {
+                let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                if let Err(e) = watcher.watch(conn.into_owned()).await {
+                    tracing::debug!(error = %e, %peer, "connection ended with an error");
+                }
+                drop(permit);
+            }),
+            Some(tls) => tokio::spawn(serve_tls(
+                tls.clone(),
+                stream,
+                svc,
+                builder,
+                watcher,
+                permit,
+            )),
+        };
     }
 
     drop(listener);
@@ -174,6 +221,34 @@ pub async fn serve_gateway(
     // Drained: leave the other instances (registry, shared caps).
     gateway.leave().await;
     Ok(())
+}
+
+/// One HTTPS connection: the handshake (failures are counted and logged by
+/// [`ServerTls::accept`]), then HTTP/2 or HTTP/1.1 as ALPN settled.
+async fn serve_tls(
+    tls: Arc<ServerTls>,
+    stream: tokio::net::TcpStream,
+    mut svc: Connection,
+    builder: Arc<ConnBuilder>,
+    watcher: hyper_util::server::graceful::Watcher,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let peer = svc.peer;
+    let Ok(accepted) = tls.accept(stream, peer).await else {
+        return;
+    };
+    svc.tls = Some(ClientTls {
+        alpn: accepted.alpn,
+    });
+    // The same detection as plain connections: a client that negotiated h2
+    // opens with the HTTP/2 preface, anything else is HTTP/1.1.
+    let conn = builder
+        .serve_connection(TokioIo::new(accepted.stream), svc)
+        .into_owned();
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(error = %e, %peer, "TLS connection ended with an error");
+    }
+    drop(permit);
 }
 
 /// hyper's read-buffer cap for a header limit: the headers, a long request line.

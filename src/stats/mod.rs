@@ -34,6 +34,18 @@ pub struct Snapshot {
     /// Coordination with other instances on the same Redis (write leases,
     /// live instances); `null` when off (no `[redis]`, or `limits.coordinate = false`).
     pub coordination: Option<crate::coord::CoordStatus>,
+    /// The HTTPS listener's certificate, when `[server.tls]` is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsStatus>,
+}
+
+/// The certificate served to new HTTPS connections.
+#[derive(Debug, Serialize)]
+pub struct TlsStatus {
+    #[serde(flatten)]
+    pub certificate: crate::tls::CertInfo,
+    /// What is wrong with it now (expired, expiring within 14 days), if anything.
+    pub problem: Option<String>,
 }
 
 /// One backend's line.
@@ -131,6 +143,7 @@ pub fn snapshot(upstreams: &Upstreams, overall: &Window, metrics: &Metrics) -> S
             open_fds: value("process_open_fds").unwrap_or(0.0),
         },
         coordination: None,
+        tls: None,
     }
 }
 

@@ -69,6 +69,15 @@ pub struct ServerTlsConfig {
     pub redirect_http_listen: Option<SocketAddr>,
 }
 
+/// In a request's extensions: it arrived over TLS (the HTTPS listener puts
+/// it there; an application embedding the gateway behind its own TLS may too).
+/// The proxy then sends `X-Forwarded-Proto: https` and keeps Letta's redirects on HTTPS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientTls {
+    /// The protocol ALPN settled on.
+    pub alpn: Alpn,
+}
+
 /// How to speak TLS to one `https://` backend.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientOptions<'a> {

@@ -9,12 +9,15 @@
 #      on the backend ports of config/e2e.toml; then, in a call of its own, one password-
 #      protected Letta (LETTA_SERVER_SECURE=true) on the backend port of config/e2e-secure.toml
 #      (parts already running are reused and left running)
-#   3. three Redis servers on free ports (temp dirs, no persistence): one for the main proxy, one
-#      shared by the two secure-mode proxies, one shared by the three multi-instance proxies
-#   4. letta-proxy --config config/e2e.toml; twice letta-proxy --config config/e2e-secure.toml and
-#      three times letta-proxy --config config/e2e-multi.toml (same two Letta servers, one Redis)
-#      on free ports (listen, admin and Redis URL from LETTA_PROXY__SERVER__LISTEN /
-#      __SERVER__ADMIN_LISTEN / __REDIS__URL)
+#   3. three Redis servers on free ports (temp dirs, no persistence): one for the main proxy (and
+#      the HTTPS one and examples/embed), one shared by the two secure-mode proxies, one shared by
+#      the three multi-instance proxies
+#   4. letta-proxy --config config/e2e.toml; twice letta-proxy --config config/e2e-secure.toml on
+#      free ports (listen and Redis URL from LETTA_PROXY__SERVER__LISTEN / __REDIS__URL); one
+#      letta-proxy --config tests/e2e/e2e-tls.toml (HTTPS, with a CA and a localhost certificate
+#      made by openssl in the work dir); examples/embed.rs (the gateway under /letta in an
+#      axum application) with config/e2e.toml on a free port; three times letta-proxy --config
+#      config/e2e-multi.toml (the same two Letta servers, one Redis, admin API on free ports)
 #   5. pytest tests/e2e
 #
 # Exit status: pytest's (5, "no tests collected", becomes 1); 2 when the setup failed, with the
@@ -25,6 +28,7 @@
 #      E2E_CACHE       where test venvs are cached (default $BASE/e2e-venvs)
 #      E2E_SECURE_PASSWORD  password of the secure-mode Letta server (default letta-e2e-secret)
 #      E2E_PROXY_BIN   use this letta-proxy binary instead of building one
+#      E2E_EMBED_BIN   use this build of examples/embed.rs instead of building it
 #      E2E_KEEP_LETTA  1: leave the Letta stack this script started running (proxy and Redis still stop)
 #      E2E_PYTEST_ARGS extra pytest arguments, e.g. "-k stream -x"
 set -euo pipefail
@@ -33,6 +37,7 @@ REPO=$(cd "$(dirname "$0")/../.." && pwd)
 CONFIG=$REPO/config/e2e.toml
 SECURE_CONFIG=$REPO/config/e2e-secure.toml
 MULTI_CONFIG=$REPO/config/e2e-multi.toml
+TLS_CONFIG=$REPO/tests/e2e/e2e-tls.toml
 KIT=$REPO/tests/e2e/kit/letta.sh
 export BASE=${BASE:-/tmp/letta-e2e}
 SECURE_PASSWORD=${E2E_SECURE_PASSWORD:-letta-e2e-secret}
@@ -72,7 +77,7 @@ cleanup() {
   fi
   if [ "$rc" -ne 0 ]; then
     local f
-    for f in "$WORK"/proxy*.log; do
+    for f in "$WORK"/proxy*.log "$WORK"/embed.log; do
       [ -f "$f" ] || continue
       echo "---- last lines of a letta-proxy log ($f) ----" >&2
       tail -n 20 "$f" >&2
@@ -126,9 +131,9 @@ if ! command -v python3 >/dev/null || ! command -v curl >/dev/null || ! python3 
   { timeout 300 apt-get update -qq && timeout 600 apt-get install -y -qq python3 python3-venv curl >/dev/null; } \
     || die "the Debian package archive cannot be reached (apt-get install python3 python3-venv curl failed)"
 fi
-for f in "$CONFIG" "$SECURE_CONFIG" "$MULTI_CONFIG" "$KIT"; do [ -f "$f" ] || die "missing $f"; done
+for f in "$CONFIG" "$SECURE_CONFIG" "$TLS_CONFIG" "$MULTI_CONFIG" "$KIT"; do [ -f "$f" ] || die "missing $f"; done
 # listen addresses and backends come from the config files, the single source of truth
-eval "$(python3 - "$CONFIG" "$SECURE_CONFIG" "$MULTI_CONFIG" <<'PY'
+eval "$(python3 - "$CONFIG" "$SECURE_CONFIG" "$TLS_CONFIG" "$MULTI_CONFIG" <<'PY'
 import sys, tomllib
 from urllib.parse import urlsplit
 cfg = tomllib.load(open(sys.argv[1], "rb"))
@@ -140,7 +145,9 @@ secure = tomllib.load(open(sys.argv[2], "rb"))["backends"]
 assert len(secure) == 1, "config/e2e-secure.toml: exactly one backend (the secure-mode Letta)"
 print(f'SECURE_BACKEND={secure[0]["url"].rstrip("/")}')
 print(f'SECURE_PORT={urlsplit(secure[0]["url"]).port}')
-multi = tomllib.load(open(sys.argv[3], "rb"))["backends"]
+tls = tomllib.load(open(sys.argv[3], "rb"))["backends"]
+assert tls == backends, "tests/e2e/e2e-tls.toml: the backends of config/e2e.toml"
+multi = tomllib.load(open(sys.argv[4], "rb"))["backends"]
 assert [(b["name"], b["url"]) for b in multi] == [(b["name"], b["url"]) for b in backends], \
     "config/e2e-multi.toml: the same backends as config/e2e.toml"
 PY
@@ -181,8 +188,40 @@ else
   PROXY_BIN=$TARGET_DIR/release/letta-proxy
 fi
 [ -x "$PROXY_BIN" ] || die "no letta-proxy binary at $PROXY_BIN"
-for f in "$CONFIG" "$SECURE_CONFIG" "$MULTI_CONFIG"; do
-  "$PROXY_BIN" --config "$f" --check >"$WORK/check.log" 2>&1 || { cat "$WORK/check.log" >&2; die "letta-proxy --check rejects $f"; }
+if [ -n "${E2E_EMBED_BIN:-}" ]; then
+  EMBED_BIN=$E2E_EMBED_BIN
+else
+  log "cargo build --release --example embed"
+  run_step 2400 cargo build --release --example embed \
+    || die "cargo build --release --example embed failed (output above)"
+  case ${CARGO_TARGET_DIR:-target} in /*) TARGET_DIR=$CARGO_TARGET_DIR ;; *) TARGET_DIR=$REPO/${CARGO_TARGET_DIR:-target} ;; esac
+  EMBED_BIN=$TARGET_DIR/release/examples/embed
+fi
+[ -x "$EMBED_BIN" ] || die "no examples/embed binary at $EMBED_BIN"
+
+# A CA and a certificate for localhost (and 127.0.0.1) it signed, for the HTTPS proxy.
+if ! command -v openssl >/dev/null; then
+  log "openssl missing: apt-get install openssl"
+  export DEBIAN_FRONTEND=noninteractive
+  { timeout 300 apt-get update -qq && timeout 300 apt-get install -y -qq openssl >/dev/null; } \
+    || registry_check "the Debian package archive" apt-get update -qq
+fi
+TLS_DIR=$WORK/tls; mkdir -p "$TLS_DIR"
+{
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj "/CN=letta-proxy e2e CA" -keyout "$TLS_DIR/ca.key" -out "$TLS_DIR/ca.pem" &&
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
+    -keyout "$TLS_DIR/localhost.key" -out "$TLS_DIR/localhost.csr" &&
+  openssl x509 -req -in "$TLS_DIR/localhost.csr" -CA "$TLS_DIR/ca.pem" -CAkey "$TLS_DIR/ca.key" \
+    -CAcreateserial -days 2 -out "$TLS_DIR/localhost.pem" \
+    -extfile <(printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n')
+} >"$WORK/openssl.log" 2>&1 || { cat "$WORK/openssl.log" >&2; die "openssl could not make the test certificate"; }
+# Only for the HTTPS instance (every other one would turn HTTPS on too).
+TLS_ENV=(LETTA_PROXY__SERVER__TLS__CERT_FILE="$TLS_DIR/localhost.pem" LETTA_PROXY__SERVER__TLS__KEY_FILE="$TLS_DIR/localhost.key")
+
+for f in "$CONFIG" "$SECURE_CONFIG" "$TLS_CONFIG" "$MULTI_CONFIG"; do
+  env "${TLS_ENV[@]}" "$PROXY_BIN" --config "$f" --check >"$WORK/check.log" 2>&1 \
+    || { cat "$WORK/check.log" >&2; die "letta-proxy --check rejects $f"; }
 done
 
 # ---------------------------------------------------------------- 2. Letta stack ----------
@@ -227,30 +266,46 @@ start_redis redis-secure; SECURE_REDIS=$REDIS_PORT
 start_redis redis-multi; MULTI_REDIS=$REDIS_PORT; MULTI_REDIS_PID=$REDIS_PID
 
 # ---------------------------------------------------------------- 4. letta-proxy ----------
-start_proxy() {  # $1 = name, $2 = config, $3 = listen address, $4 = Redis port, [$5 = admin address]
-  local name=$1 config=$2 listen=$3 redis=$4 admin=${5:-} pid deadline
+start_proxy() {  # $1 = name, $2 = config, $3 = listen address, $4 = Redis port
+  local name=$1 config=$2 listen=$3 redis=$4 pid deadline
+  # PROXY_ENV (VAR=value ...), READY_URL and READY_CURL, set for the call: an HTTPS instance's
+  # settings and how to ask it whether it is ready (/tmp paths hold no spaces).
+  local ready=${READY_URL:-http://$listen/-/ready}
   port_open "${listen##*:}" && die "port ${listen##*:} is already in use (a letta-proxy left over from another run?)"
-  local vars=(LETTA_PROXY__SERVER__LISTEN="$listen" LETTA_PROXY__REDIS__URL="redis://127.0.0.1:$redis")
-  [ -n "$admin" ] && vars+=(LETTA_PROXY__SERVER__ADMIN_LISTEN="$admin")
-  env "${vars[@]}" RUST_LOG="${RUST_LOG:-info}" NO_COLOR=1 "$PROXY_BIN" --config "$config" >"$WORK/$name.log" 2>&1 &
+  # shellcheck disable=SC2086  # PROXY_ENV is a list of assignments
+  LETTA_PROXY__SERVER__LISTEN=$listen LETTA_PROXY__REDIS__URL=redis://127.0.0.1:$redis \
+    RUST_LOG=${RUST_LOG:-info} NO_COLOR=1 env ${PROXY_ENV:-} "$PROXY_BIN" --config "$config" >"$WORK/$name.log" 2>&1 &
   pid=$!
   PROXY_PID=$pid
   PIDS_TO_STOP=("$name $pid" "${PIDS_TO_STOP[@]}")   # stop the proxies before Redis
   deadline=$(( $(date +%s) + 30 ))
-  until [ "$(curl -s -o /dev/null -w '%{http_code}' "http://$listen/-/ready")" = 200 ]; do
+  # shellcheck disable=SC2086  # READY_CURL is a list of arguments
+  until [ "$(curl -s ${READY_CURL:-} -o /dev/null -w '%{http_code}' "$ready")" = 200 ]; do
     kill -0 "$pid" 2>/dev/null || die "$name exited at start-up (log: $WORK/$name.log)"
-    [ "$(date +%s)" -lt "$deadline" ] || die "$name was not ready on http://$listen/-/ready within 30 s"
+    [ "$(date +%s)" -lt "$deadline" ] || die "$name was not ready on $ready within 30 s"
     sleep 0.3
   done
-  log "$name ready on http://$listen (pid $pid)"
+  log "$name ready on ${ready%/-/ready} (pid $pid)"
 }
 start_proxy proxy "$CONFIG" "$PROXY_LISTEN" "$MAIN_REDIS"
 SECURE_A=127.0.0.1:$(free_port); start_proxy proxy-secure-a "$SECURE_CONFIG" "$SECURE_A" "$SECURE_REDIS"
 SECURE_B=127.0.0.1:$(free_port); start_proxy proxy-secure-b "$SECURE_CONFIG" "$SECURE_B" "$SECURE_REDIS"
+TLS_PORT=$(free_port); TLS_REDIRECT=127.0.0.1:$(free_port)
+PROXY_ENV="${TLS_ENV[*]} LETTA_PROXY__SERVER__TLS__REDIRECT_HTTP_LISTEN=$TLS_REDIRECT" \
+  READY_URL=https://localhost:$TLS_PORT/-/ready READY_CURL="--cacert $TLS_DIR/ca.pem" \
+  start_proxy proxy-tls "$TLS_CONFIG" "127.0.0.1:$TLS_PORT" "$MAIN_REDIS"
+# The embedding example: its own listen address is its second argument; Letta under /letta.
+EMBED_PORT=$(free_port); EMBED_TOKEN=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
+EMBED_TOKEN=$EMBED_TOKEN LETTA_PROXY__REDIS__URL=redis://127.0.0.1:$MAIN_REDIS RUST_LOG=${RUST_LOG:-info} NO_COLOR=1 \
+  "$EMBED_BIN" "$CONFIG" "127.0.0.1:$EMBED_PORT" >"$WORK/embed.log" 2>&1 &
+PIDS_TO_STOP=("embed $!" "${PIDS_TO_STOP[@]}")
+wait_for "examples/embed on :$EMBED_PORT" 30 bash -c \
+  "[ \"\$(curl -s -o /dev/null -w '%{http_code}' -H 'Authorization: Bearer $EMBED_TOKEN' http://127.0.0.1:$EMBED_PORT/letta/-/ready)\" = 200 ]" \
+  || { tail -n 20 "$WORK/embed.log" >&2; die "examples/embed was not ready within 30 s"; }
 MULTI_URLS=(); MULTI_ADMINS=(); MULTI_PIDS=()
 for i in 1 2 3; do
   listen=127.0.0.1:$(free_port); admin=127.0.0.1:$(free_port)
-  start_proxy "proxy-multi-$i" "$MULTI_CONFIG" "$listen" "$MULTI_REDIS" "$admin"
+  PROXY_ENV="LETTA_PROXY__SERVER__ADMIN_LISTEN=$admin" start_proxy "proxy-multi-$i" "$MULTI_CONFIG" "$listen" "$MULTI_REDIS"
   MULTI_URLS+=("http://$listen"); MULTI_ADMINS+=("http://$admin"); MULTI_PIDS+=("$PROXY_PID")
 done
 join() { local IFS=,; echo "$*"; }
@@ -261,6 +316,9 @@ export LETTA_PROXY_URL=$PROXY_URL LETTA_E2E_REQUIRE_PROXY=1 LETTA_E2E_BACKENDS=$
   LETTA_E2E_BASE=$BASE LETTA_E2E_KIT=$KIT \
   LETTA_E2E_SECURE_PROXIES=http://$SECURE_A,http://$SECURE_B LETTA_E2E_SECURE_BACKEND=$SECURE_BACKEND \
   LETTA_E2E_SECURE_PASSWORD=$SECURE_PASSWORD \
+  LETTA_E2E_TLS_PROXY=https://localhost:$TLS_PORT LETTA_E2E_TLS_CA=$TLS_DIR/ca.pem \
+  LETTA_E2E_TLS_REDIRECT=http://localhost:${TLS_REDIRECT##*:} \
+  LETTA_E2E_EMBED_URL=http://127.0.0.1:$EMBED_PORT LETTA_E2E_EMBED_TOKEN=$EMBED_TOKEN \
   LETTA_E2E_MULTI_PROXIES=$(join "${MULTI_URLS[@]}") LETTA_E2E_MULTI_ADMINS=$(join "${MULTI_ADMINS[@]}") \
   LETTA_E2E_MULTI_PIDS=$(join "${MULTI_PIDS[@]}") LETTA_E2E_MULTI_REDIS_PID=$MULTI_REDIS_PID \
   LETTA_E2E_MULTI_REDIS_PORT=$MULTI_REDIS LETTA_E2E_FAKE_LLM=http://127.0.0.1:${FAKE_LLM_PORT:-8787}

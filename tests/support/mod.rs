@@ -141,6 +141,8 @@ pub fn dead_backend(name: &str) -> BackendConfig {
 
 /// An HTTP client for tests: no environment proxy, no pooling surprises.
 pub fn client() -> reqwest::Client {
+    // reqwest is built with rustls and no provider of its own: ours.
+    letta_proxy::tls::install_default_provider();
     reqwest::Client::builder()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())

@@ -5,6 +5,9 @@
 //! certificate) and the plain-HTTP redirect.
 
 mod certs;
+mod proxy;
+#[path = "../support/mod.rs"]
+mod support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -949,6 +952,8 @@ async fn tls_redirect_listener_sends_clients_to_https_and_refuses_requests_witho
         let _ = stopped.await;
     }));
 
+    // reqwest is built with rustls and no provider of its own: ours.
+    letta_proxy::tls::install_default_provider();
     let client = reqwest::Client::builder()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
