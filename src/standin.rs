@@ -10,7 +10,8 @@
 //! `POST …/messages/stream?events=N&interval_ms=M` streams N Server-Sent
 //! Events M ms apart, then `data: [DONE]`. `/__echo` streams the
 //! request body back; `/__headers` returns the request headers; `/__bytes?n=N`
-//! streams N deterministic bytes. [`Stats`] records what reached it, and
+//! streams N deterministic bytes. [`Stats`] records what reached it (with the
+//! peak number of writes to one agent or block at once), and
 //! [`StandIn::set_mode`] makes the whole replica hang or fail (health included).
 
 use std::collections::HashMap;
@@ -57,6 +58,9 @@ pub struct Stats {
     pub peak_active: AtomicU64,
     /// `(method, path, x-request-id)` of every request, in arrival order.
     pub log: Mutex<Vec<(String, String, String)>>,
+    /// Per agent or block id: writes (not GET/HEAD) being handled now, and
+    /// the most at once — Letta's races need two at once on one id.
+    writes: Mutex<HashMap<String, (u64, u64)>>,
 }
 
 impl Stats {
@@ -75,6 +79,29 @@ impl Stats {
     /// Copy of the request log.
     pub fn log(&self) -> Vec<(String, String, String)> {
         self.log.lock().expect("stats log poisoned").clone()
+    }
+    /// Most writes to agent or block `id` handled at once (until each
+    /// response body ended).
+    pub fn peak_writes(&self, id: &str) -> u64 {
+        let writes = self.writes.lock().expect("stats writes poisoned");
+        writes.get(id).map_or(0, |(_, peak)| *peak)
+    }
+    /// Writes to agent or block `id` being handled now.
+    pub fn writes_now(&self, id: &str) -> u64 {
+        let writes = self.writes.lock().expect("stats writes poisoned");
+        writes.get(id).map_or(0, |(now, _)| *now)
+    }
+}
+
+/// The agent or block a write targets (`/v1/agents/{id}/…`, `/v1/blocks/{id}`).
+fn written_id(method: &Method, path: &str) -> Option<String> {
+    if method == Method::GET || method == Method::HEAD {
+        return None;
+    }
+    let mut parts = path.split('/').filter(|s| !s.is_empty());
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("v1"), Some("agents" | "blocks"), Some(id)) => Some(id.to_string()),
+        _ => None,
     }
 }
 
@@ -244,7 +271,7 @@ fn router(app: App) -> Router {
 }
 
 /// Counts a request for its whole life, response body included.
-struct Active(Arc<Stats>);
+struct Active(Arc<Stats>, Option<String>);
 
 impl Active {
     fn enter(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap) -> Active {
@@ -261,12 +288,25 @@ impl Active {
             .lock()
             .expect("stats log poisoned")
             .push((method.to_string(), uri.to_string(), rid));
-        Active(s.clone())
+        let written = written_id(method, uri.path());
+        if let Some(id) = &written {
+            let mut writes = s.writes.lock().expect("stats writes poisoned");
+            let (now, peak) = writes.entry(id.clone()).or_default();
+            *now += 1;
+            *peak = (*peak).max(*now);
+        }
+        Active(s.clone(), written)
     }
 }
 
 impl Drop for Active {
     fn drop(&mut self) {
+        if let Some(id) = &self.1 {
+            let mut writes = self.0.writes.lock().expect("stats writes poisoned");
+            if let Some((now, _)) = writes.get_mut(id) {
+                *now -= 1;
+            }
+        }
         self.0.active.fetch_sub(1, Ordering::SeqCst);
     }
 }

@@ -337,4 +337,7 @@ fn the_configmap_passes_check_with_the_pods_environment_and_secret() {
         Some(str_at(kind(&all, "Secret"), "/stringData/redis-url"))
     );
     assert!(cfg.admin.watch_config);
+    // The replicas coordinate through that Redis: writes to one agent ordered
+    // across pods, per-backend caps shared out.
+    assert!(cfg.redis.is_configured() && cfg.limits.coordinate);
 }

@@ -3,7 +3,8 @@
 //! that scrapes a real letta-proxy under a load that makes the events happen
 //! (a cache hit, a retry, an ejection, queue waits and shedding, a failed
 //! reload, 5xx answers, a stream, ordered agent writes), with Redis as the
-//! shared cache tier. A query that errors or returns no series fails the test.
+//! shared cache tier and for coordination (write leases, the instance
+//! registry). A query that errors or returns no series fails the test.
 
 mod deploy_common;
 #[path = "support/redis.rs"]
@@ -304,6 +305,8 @@ ejection_time = "2s"
 max_in_flight_per_backend = 2
 queue_size = 2
 queue_timeout = "300ms"
+# Coordination on (the default with [redis]): the letta_proxy_coord_* series.
+coordinate = true
 [redis]
 url = "{redis}"
 [cache]
@@ -503,6 +506,17 @@ url = "{c}"
     for s in futures_util::future::join_all(writes).await {
         assert!(s.unwrap().is_success());
     }
+    assert!(
+        sample(
+            &c,
+            &base,
+            "letta_proxy_coord_leases_total",
+            &["outcome=\"acquired\""]
+        )
+        .await
+            >= 2.0,
+        "the ordered writes took write leases in Redis"
+    );
     let r = c
         .post(format!(
             "{base}/v1/agents/{AGENT}/messages/stream?events=3&interval_ms=20"

@@ -129,9 +129,14 @@ async fn cache_pubsub_leases_and_registry_work_on_a_cluster() {
         x.metric("letta_proxy_coord_leases_total{outcome=\"fallback\"}"),
         0.0
     );
+    // The gateways a and b coordinate too: four instances in all.
+    let ids = [x.id(), y.id()];
     support::eventually(Duration::from_secs(5), "both registered", || async {
-        x.coord.registry().membership().instances.len() == 2
-            && y.coord.registry().membership().instances.len() == 2
+        [&x, &y].iter().all(|i| {
+            let m = i.coord.registry().membership();
+            let live = m.ids();
+            live.len() == 4 && ids.iter().all(|id| live.contains(&id.as_str()))
+        })
     })
     .await;
     assert_eq!(x.coord.status().redis, "cluster");

@@ -10,6 +10,14 @@
 //! verdict ([`health_state`], fed by the prober in `crate::health`), its
 //! passive-health state ([`outlier`], fed by real traffic), and the [`queue`] of
 //! requests waiting for a slot when every backend is at its cap.
+//!
+//! Caps across instances: several proxy instances sharing a Redis split a
+//! backend's `max_in_flight` between them (`crate::coord::share`). A backend
+//! keeps its configured cap and, beside it, the cap this instance enforces
+//! ([`Backend::local_cap`]); [`Upstreams::set_cap_share`] installs the rule
+//! that derives one from the other, and [`Upstreams::apply_cap_shares`]
+//! re-derives every local cap when the set of live instances changes. Without
+//! a rule the local cap is the configured one.
 
 mod guard;
 pub mod health_state;
@@ -48,6 +56,10 @@ pub struct Backend {
     weight: AtomicU32,
     /// Most requests in flight at once (0 = no cap; updated in place by a reload).
     max_in_flight: AtomicU64,
+    /// The cap this instance enforces: its share of `max_in_flight` when
+    /// instances coordinate, else `max_in_flight` itself. [`NO_CAP`] = none;
+    /// 0 = this instance must not use the backend.
+    local_cap: AtomicU64,
     /// `name` as a ready header value (built once, cloned per response).
     pub name_header: HeaderValue,
     in_flight: AtomicU64,
@@ -83,6 +95,28 @@ impl Backend {
         self.max_in_flight.load(Ordering::Relaxed)
     }
 
+    /// The cap this instance enforces (`None`: unlimited). Its share of
+    /// [`Backend::max_in_flight`] when instances coordinate through Redis, else
+    /// that cap itself. `Some(0)`: this instance does not use the backend.
+    pub fn local_cap(&self) -> Option<u64> {
+        let cap = self.local_cap.load(Ordering::Relaxed);
+        (cap != NO_CAP).then_some(cap)
+    }
+
+    /// Sets the cap this instance enforces; returns whether it grew (then
+    /// requests queued at the caps may go).
+    fn set_local_cap(&self, cap: Option<u64>) -> bool {
+        let new = cap.unwrap_or(NO_CAP);
+        let old = self.local_cap.swap(new, Ordering::Relaxed);
+        new > old
+    }
+
+    /// Whether this instance's share of the backend is zero (it has
+    /// `max_in_flight` below the number of instances, and others hold it all).
+    pub fn has_no_share(&self) -> bool {
+        self.local_cap.load(Ordering::Relaxed) == 0
+    }
+
     /// Requests in flight now.
     pub fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Relaxed)
@@ -113,10 +147,10 @@ impl Backend {
         self.is_healthy() && !self.outlier.is_ejected(now)
     }
 
-    /// Whether the backend is below its in-flight cap.
+    /// Whether the backend is below the in-flight cap this instance enforces.
     pub fn has_capacity(&self) -> bool {
-        let max = self.max_in_flight();
-        max == 0 || self.in_flight() < max
+        // NO_CAP is never reached: one compare covers "unlimited" too.
+        self.in_flight() < self.local_cap.load(Ordering::Relaxed)
     }
 
     /// Whether the backend may take a new request at `now`: usable, not draining, under its cap.
@@ -140,8 +174,8 @@ impl Backend {
     /// Takes one in-flight slot if the cap allows; the slot is released when the
     /// returned guard drops (at the end of the response body).
     pub fn try_acquire(self: &Arc<Self>) -> Option<InFlight> {
-        let max = self.max_in_flight();
-        if max == 0 {
+        let max = self.local_cap.load(Ordering::Relaxed);
+        if max == NO_CAP {
             self.in_flight.fetch_add(1, Ordering::Relaxed);
         } else {
             // CAS, not check-then-add: two racing requests must not both take the last slot.
@@ -174,6 +208,14 @@ impl std::fmt::Debug for Backend {
     }
 }
 
+/// [`Backend::local_cap`] of an unlimited backend.
+const NO_CAP: u64 = u64::MAX;
+
+/// The rule deriving this instance's cap on a backend from its name and
+/// configured cap (0 = unlimited): `None` unlimited, `Some(0)` not here.
+/// Installed by the gateway when instances coordinate (`Coordinator::share`).
+pub type CapShare = Arc<dyn Fn(&str, u64) -> Option<u64> + Send + Sync>;
+
 /// The backends in config order plus the strategy built for exactly them.
 pub struct BackendSet {
     pub backends: Vec<Arc<Backend>>,
@@ -199,6 +241,8 @@ pub struct Upstreams {
     /// Requests waiting because every usable backend is at its cap.
     pub queue: Arc<WaitQueue>,
     outlier_policy: std::sync::RwLock<OutlierPolicy>,
+    /// How local caps derive from configured ones (`None`: equal).
+    cap_share: std::sync::RwLock<Option<CapShare>>,
     metrics: Metrics,
     /// Monotonic origin for latency timestamps.
     epoch: Instant,
@@ -219,6 +263,7 @@ impl Upstreams {
                 config.limits.queue_timeout,
             )),
             outlier_policy: std::sync::RwLock::new(outlier_policy(config)),
+            cap_share: std::sync::RwLock::new(None),
             metrics,
             epoch: Instant::now(),
         };
@@ -265,6 +310,9 @@ impl Upstreams {
                 }
             })
             .collect();
+        // Local caps before the set goes live: a new backend never runs on
+        // the whole cap while its share is smaller.
+        let grew = self.derive_local_caps(&backends);
         let specs: Vec<BackendSpec<'_>> = backends
             .iter()
             .map(|b| BackendSpec {
@@ -285,6 +333,42 @@ impl Upstreams {
             strategy,
             selections,
         }));
+        if grew {
+            // Raised caps (or shares): requests queued at the old ones may go.
+            self.queue.wake_all();
+        }
+    }
+
+    /// Installs the rule deriving each backend's local cap from its
+    /// configured one (`None`: the configured cap), and applies it now.
+    pub fn set_cap_share(&self, share: Option<CapShare>) {
+        *self.cap_share.write().expect("cap share lock poisoned") = share;
+        self.apply_cap_shares();
+    }
+
+    /// Re-derives every backend's local cap (the live instances changed, or
+    /// their view went stale). Requests queued at the caps are woken when a
+    /// cap grew.
+    pub fn apply_cap_shares(&self) {
+        let set = self.load_full();
+        if self.derive_local_caps(&set.backends) {
+            self.queue.wake_all();
+        }
+    }
+
+    /// Sets the local caps of `backends`; returns whether one grew.
+    fn derive_local_caps(&self, backends: &[Arc<Backend>]) -> bool {
+        let share = self.cap_share.read().expect("cap share lock poisoned");
+        let mut grew = false;
+        for b in backends {
+            let cap = b.max_in_flight();
+            let local = match share.as_ref() {
+                Some(f) => f(&b.name, cap),
+                None => (cap > 0).then_some(cap),
+            };
+            grew |= b.set_local_cap(local);
+        }
+        grew
     }
 
     fn new_backend(
@@ -303,6 +387,9 @@ impl Upstreams {
             url,
             weight: AtomicU32::new(bc.weight),
             max_in_flight: AtomicU64::new(max),
+            // Set from `max` and the share rule before the set goes live; from
+            // 0, so a new backend's slots count as grown caps (the queue wakes).
+            local_cap: AtomicU64::new(0),
             name_header: HeaderValue::from_str(name).expect("validated: printable ASCII"),
             in_flight: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
@@ -369,9 +456,15 @@ impl Upstreams {
                 return Attempt::Got(got);
             }
         }
-        // Busy (worth queueing) only if some backend could take it once a slot frees.
+        // Busy (worth queueing) only if some backend could take it once a slot
+        // frees. Not one whose share on this instance is zero: no slot of it
+        // frees here until the instances change, so waiting would mostly end
+        // in a queue timeout.
         let could = set.backends.iter().enumerate().any(|(i, b)| {
-            !tried.contains(&i) && !b.is_draining() && (view.panic_mode || b.is_usable(now))
+            !tried.contains(&i)
+                && !b.is_draining()
+                && !b.has_no_share()
+                && (view.panic_mode || b.is_usable(now))
         });
         if could {
             Attempt::Busy
@@ -475,5 +568,183 @@ impl LoadView for LiveView<'_> {
     }
     fn total_in_flight(&self) -> u64 {
         self.total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn config(cap_a: u64, cap_b: u64) -> Config {
+        let text = format!(
+            "[limits]\nqueue_timeout = \"5s\"\n\
+             [[backends]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\nmax_in_flight = {cap_a}\n\
+             [[backends]]\nname = \"b\"\nurl = \"http://127.0.0.1:2\"\nmax_in_flight = {cap_b}\n"
+        );
+        Config::from_toml(&text, "test", std::iter::empty()).unwrap()
+    }
+
+    fn backend(up: &Upstreams, name: &str) -> Arc<Backend> {
+        up.load()
+            .backends
+            .iter()
+            .find(|b| &*b.name == name)
+            .unwrap()
+            .clone()
+    }
+
+    fn attempt(up: &Upstreams) -> Attempt<(usize, InFlight)> {
+        up.try_acquire(&PickRequest { agent_id: None }, &[], &mut rand::rng())
+    }
+
+    /// A rule giving this instance half of every cap (rounded down).
+    fn half() -> CapShare {
+        Arc::new(|_: &str, cap: u64| (cap > 0).then_some(cap / 2))
+    }
+
+    #[test]
+    fn without_a_share_rule_the_local_cap_is_the_configured_one() {
+        let up = Upstreams::new(&config(2, 0), Metrics::new());
+        let (a, b) = (backend(&up, "a"), backend(&up, "b"));
+        assert_eq!((a.max_in_flight(), a.local_cap()), (2, Some(2)));
+        assert_eq!((b.max_in_flight(), b.local_cap()), (0, None));
+        let held: Vec<_> = (0..2).map(|_| a.try_acquire().unwrap()).collect();
+        assert!(!a.has_capacity() && a.try_acquire().is_none());
+        drop(held);
+        assert!(a.has_capacity());
+        // Unlimited stays unlimited.
+        let many: Vec<_> = (0..100).map(|_| b.try_acquire().unwrap()).collect();
+        assert!(b.has_capacity());
+        drop(many);
+    }
+
+    #[test]
+    fn a_share_rule_sets_the_local_cap_and_the_configured_cap_stays() {
+        let up = Upstreams::new(&config(4, 0), Metrics::new());
+        up.set_cap_share(Some(half()));
+        let (a, b) = (backend(&up, "a"), backend(&up, "b"));
+        assert_eq!((a.max_in_flight(), a.local_cap()), (4, Some(2)));
+        assert_eq!(b.local_cap(), None, "unlimited is not shared");
+        let held: Vec<_> = (0..2).map(|_| a.try_acquire().unwrap()).collect();
+        assert!(a.try_acquire().is_none(), "the share is the cap here");
+        drop(held);
+        // Removing the rule gives the whole cap back.
+        up.set_cap_share(None);
+        assert_eq!(a.local_cap(), Some(4));
+    }
+
+    #[test]
+    fn a_zero_share_makes_a_backend_never_eligible_here() {
+        let up = Upstreams::new(&config(1, 4), Metrics::new());
+        up.set_cap_share(Some(half()));
+        let (a, b) = (backend(&up, "a"), backend(&up, "b"));
+        assert_eq!(a.local_cap(), Some(0));
+        assert!(a.has_no_share() && !a.has_capacity() && a.try_acquire().is_none());
+        // Every pick lands on b, up to its share; then b is busy (worth queueing).
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            match attempt(&up) {
+                Attempt::Got((i, slot)) => {
+                    assert_eq!(i, 1, "never the zero-share backend");
+                    held.push(slot);
+                }
+                _ => panic!("b has room"),
+            }
+        }
+        assert_eq!(b.in_flight(), 2);
+        assert!(matches!(attempt(&up), Attempt::Busy));
+        drop(held);
+        // With every share zero, waiting would not help: unusable at once.
+        up.set_cap_share(Some(Arc::new(|_: &str, _| Some(0))));
+        assert!(matches!(attempt(&up), Attempt::Unusable));
+    }
+
+    #[test]
+    fn a_reload_applies_the_rule_to_new_and_kept_backends() {
+        let up = Upstreams::new(&config(4, 6), Metrics::new());
+        up.set_cap_share(Some(half()));
+        let kept = backend(&up, "a");
+        let mut next = config(8, 6);
+        next.backends
+            .push(crate::config::BackendConfig::new("c", "http://127.0.0.1:3"));
+        next.backends[2].max_in_flight = Some(10);
+        up.replace(&next);
+        assert!(Arc::ptr_eq(&kept, &backend(&up, "a")), "same backend kept");
+        assert_eq!(kept.local_cap(), Some(4));
+        assert_eq!(backend(&up, "b").local_cap(), Some(3));
+        assert_eq!(backend(&up, "c").local_cap(), Some(5));
+    }
+
+    #[tokio::test]
+    async fn a_reload_that_adds_slots_lets_queued_requests_go() {
+        // a: 1 slot, b: none here; then a reload raises a's cap.
+        let up = Arc::new(Upstreams::new(&config(1, 1), Metrics::new()));
+        up.set_cap_share(Some(Arc::new(|name: &str, cap: u64| {
+            Some(if name == "a" { cap } else { 0 })
+        })));
+        let first = match attempt(&up) {
+            Attempt::Got(got) => got,
+            _ => panic!("a has a slot"),
+        };
+        let waiter = tokio::spawn({
+            let up = up.clone();
+            async move {
+                up.queue
+                    .acquire(|| attempt(&up))
+                    .await
+                    .map(|(got, _)| got.0)
+            }
+        });
+        while up.queue.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        up.replace(&config(2, 1));
+        let got = tokio::time::timeout(Duration::from_secs(2), waiter)
+            .await
+            .expect("woken by the reload, not by a release")
+            .unwrap();
+        assert_eq!(got.ok(), Some(0));
+        drop(first);
+    }
+
+    #[tokio::test]
+    async fn a_growing_share_lets_queued_requests_go() {
+        let up = Arc::new(Upstreams::new(&config(2, 2), Metrics::new()));
+        // One slot on a, none on b: take it, then a second request queues.
+        let share = Arc::new(AtomicU64::new(1));
+        let rule = share.clone();
+        up.set_cap_share(Some(Arc::new(move |name: &str, _| {
+            Some(if name == "a" {
+                rule.load(Ordering::SeqCst)
+            } else {
+                0
+            })
+        })));
+        let first = match attempt(&up) {
+            Attempt::Got(got) => got,
+            _ => panic!("a has a slot"),
+        };
+        let waiter = tokio::spawn({
+            let up = up.clone();
+            async move {
+                up.queue
+                    .acquire(|| attempt(&up))
+                    .await
+                    .map(|(got, _)| got.0)
+            }
+        });
+        while up.queue.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        // No release: the share grows (another instance left).
+        share.store(2, Ordering::SeqCst);
+        up.apply_cap_shares();
+        let got = tokio::time::timeout(Duration::from_secs(2), waiter)
+            .await
+            .expect("woken by the grown share, not by a release")
+            .unwrap();
+        assert_eq!(got.ok(), Some(0));
+        drop(first);
     }
 }

@@ -78,6 +78,13 @@ impl WaitQueue {
         }
     }
 
+    /// Wakes every waiter: slots appeared without a release (a cap grew).
+    pub fn wake_all(&self) {
+        if self.waiting.load(Ordering::Acquire) > 0 {
+            self.notify.notify_waiters();
+        }
+    }
+
     /// Takes a slot with `attempt`, waiting in line when every backend is busy.
     /// Returns the slot and how long the request waited.
     pub async fn acquire<T>(

@@ -47,7 +47,7 @@ impl CoordMetrics {
                 r,
                 IntGauge::new(
                     "letta_proxy_coord_redis_up",
-                    "1 while Redis answers coordination calls; 0: writes are ordered per instance and caps are per instance.",
+                    "1 while Redis answers coordination calls (write leases, and the registry heartbeat every redis.heartbeat); 0: writes are ordered per instance and caps are per instance.",
                 )
                 .expect("valid metric"),
             ),

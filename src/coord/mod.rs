@@ -187,6 +187,13 @@ impl Coordinator {
         }
     }
 
+    /// Stops the background tasks (as dropping does) without leaving the
+    /// registry: held leases stop being renewed and expire; the others drop
+    /// this instance after three heartbeats.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
     /// Leaves cleanly: out of the registry at once (others take back this
     /// instance's share on their next heartbeat), background tasks stopped.
     /// Leases still held are released when their guards drop.

@@ -32,7 +32,9 @@ pub struct Instance {
     pub id: String,
     /// A name for people (host name or pod name by default).
     pub name: String,
-    /// Where it listens, as it reports it.
+    /// Where it listens, as it reports it (left out of `/-/stats`, which
+    /// shows no internal address).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub address: String,
     /// Start time, seconds since the Unix epoch.
     pub started_at: u64,
@@ -148,8 +150,11 @@ impl Registry {
             .await;
         let Ok(flat) = got else {
             self.metrics.heartbeat_failures.inc();
+            self.metrics.redis_up.set(0);
             return false;
         };
+        // Every heartbeat says whether Redis answers, writes or not.
+        self.metrics.redis_up.set(1);
         let mut instances: Vec<Instance> = flat
             .chunks(2)
             .filter_map(|pair| {
@@ -197,6 +202,7 @@ impl Registry {
             }
             if !self.redis.is_connected() && !self.redis.connect().await {
                 self.metrics.heartbeat_failures.inc();
+                self.metrics.redis_up.set(0);
                 continue;
             }
             self.beat().await;

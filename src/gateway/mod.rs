@@ -25,10 +25,15 @@
 //! The control plane ([`control`]): `apply`, `update` (admin edits) and
 //! `reload` (SIGHUP, the admin API, file watch) swap the configuration in
 //! force and tell every part.
+//!
+//! With `[redis]` configured and `limits.coordinate` on (the default), the
+//! gateway coordinates with the other instances on that Redis ([`coordinate`]):
+//! write leases in the limit layer, and per-backend caps shared out.
 
 mod admin;
 mod batch;
 pub mod control;
+mod coordinate;
 mod endpoints;
 pub mod hygiene;
 mod stack;
@@ -44,6 +49,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backend::Upstreams;
 use crate::cache::Cache;
 use crate::config::{Config, SharedConfig};
+use crate::coord::Coordinator;
 use crate::limit::Limits;
 use crate::metrics::Metrics;
 use crate::observe::Recorder;
@@ -78,6 +84,8 @@ pub(crate) struct Parts {
     recorder: Arc<Recorder>,
     limits: Arc<Limits>,
     cache: Option<Arc<Cache>>,
+    /// Coordination with the other instances on the same Redis.
+    coord: Option<Arc<Coordinator>>,
     proxy: Proxy,
     /// The HTTPS listener's certificate and settings (`[server.tls]`).
     tls: Option<Arc<ServerTls>>,
@@ -92,6 +100,9 @@ pub(crate) struct Parts {
 impl Drop for Parts {
     fn drop(&mut self) {
         self.stop.cancel();
+        if let Some(c) = &self.coord {
+            c.stop();
+        }
     }
 }
 
@@ -137,6 +148,16 @@ impl Gateway {
             Some(files) => Some(Arc::new(server_tls(&config, files, &metrics)?)),
             None => None,
         };
+        let coord = match (&redis, config.limits.coordinate) {
+            (Some(redis), true) => Some(coordinate::start(
+                redis.clone(),
+                &config,
+                &upstreams,
+                &metrics,
+                &stop,
+            )),
+            _ => None,
+        };
         let recorder = Arc::new(Recorder {
             config: shared.clone(),
             metrics: metrics.clone(),
@@ -144,7 +165,7 @@ impl Gateway {
             upstreams: upstreams.clone(),
         });
         let parts = Parts {
-            limits: Limits::new(shared.clone(), metrics.clone()),
+            limits: Limits::new(shared.clone(), metrics.clone(), coord.clone()),
             proxy: Proxy::new(upstreams.clone(), metrics.clone(), config.clone()),
             config: shared.clone(),
             config_path,
@@ -153,6 +174,7 @@ impl Gateway {
             metrics: metrics.clone(),
             recorder,
             cache,
+            coord,
             tls,
             dispatch: OnceLock::new(),
             admin_addr: OnceLock::new(),
@@ -249,6 +271,11 @@ impl Gateway {
         self.parts.admin_addr.get().copied()
     }
 
+    /// Coordination with the other instances sharing the Redis, when on.
+    pub fn coordinator(&self) -> Option<&Arc<Coordinator>> {
+        self.parts.coord.as_ref()
+    }
+
     /// The `/-/stats` figures.
     pub fn stats(&self) -> crate::stats::Snapshot {
         let p = &self.parts;
@@ -262,13 +289,35 @@ impl Gateway {
                 certificate,
             }
         });
+        snapshot.coordination = p.coord.as_ref().map(|c| {
+            let mut status = c.status();
+            // As for backends: the main listener shows no internal address.
+            status.this_instance.address.clear();
+            for i in &mut status.instances {
+                i.address.clear();
+            }
+            status
+        });
         snapshot
     }
 
     /// Stops the background tasks (health probes, the cache's Redis tasks).
-    /// Requests in flight are not affected.
+    /// Requests in flight are not affected. Coordination goes on (requests
+    /// still draining keep their write leases renewed and this instance's
+    /// share of the caps) until [`Gateway::leave`].
     pub fn shutdown(&self) {
         self.parts.stop.cancel();
+    }
+
+    /// Leaves the other instances, once requests have drained: out of the
+    /// Redis registry at once (they take back this instance's share of the
+    /// caps on their next heartbeat), coordination stopped. Bounded by
+    /// `redis.timeout`; nothing to do without coordination. The standalone
+    /// server calls it after [`Gateway::shutdown`] and the drain.
+    pub async fn leave(&self) {
+        if let Some(c) = &self.parts.coord {
+            c.shutdown().await;
+        }
     }
 
     /// A token cancelled when the gateway shuts down, for tasks tied to it.

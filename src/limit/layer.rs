@@ -7,6 +7,14 @@
 //! `limits.agent_write_timeout`). Both are held until the response *body*
 //! ends ([`Held`], a body watch), so a streamed agent turn holds its agent for
 //! as long as it streams. Reads never wait for writes.
+//!
+//! Across instances (a coordinator: `[redis]` configured, `limits.coordinate`
+//! on), such a write first takes the key's write lease in Redis, so writes to
+//! one agent through every instance run one at a time, then its local turn
+//! (uncontended, unless Redis failed for another writer here). A lease that
+//! cannot be had because Redis is unreachable is not an error: the write is
+//! ordered by this instance alone, as without Redis (counted by the
+//! coordinator). Reads and writes naming no agent never call Redis.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -23,6 +31,7 @@ use super::global::{GlobalLimit, GlobalPermit};
 use super::ordering::{WriteOrdering, WriteTurn};
 use crate::body::{Full, InboundBody, Outcome, Watch, Watched};
 use crate::config::SharedConfig;
+use crate::coord::{Coordinator, LeaseError, LeaseGuard};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::routes::Classified;
@@ -32,12 +41,21 @@ use crate::routes::Classified;
 pub struct Held {
     global: Option<GlobalPermit>,
     turn: Option<WriteTurn>,
+    /// The write lease across instances; dropping it releases it in the
+    /// background (off the request's path).
+    lease: Option<LeaseGuard>,
 }
 
 impl Watch for Held {
     fn finish(self, _outcome: Outcome) {
-        // The agent's next writer first, then the place under the cap.
-        let Held { global, turn } = self;
+        // The agent's next writer first (anywhere, then here), then the place
+        // under the cap.
+        let Held {
+            global,
+            turn,
+            lease,
+        } = self;
+        drop(lease);
         drop(turn);
         drop(global);
     }
@@ -48,16 +66,24 @@ pub struct Limits {
     config: SharedConfig,
     global: Arc<GlobalLimit>,
     writes: Arc<WriteOrdering>,
+    /// Write leases across instances, when they coordinate.
+    coord: Option<Arc<Coordinator>>,
     metrics: Metrics,
 }
 
 impl Limits {
-    pub fn new(config: SharedConfig, metrics: Metrics) -> Arc<Limits> {
+    /// The limits; `coord`: take write leases across instances too.
+    pub fn new(
+        config: SharedConfig,
+        metrics: Metrics,
+        coord: Option<Arc<Coordinator>>,
+    ) -> Arc<Limits> {
         let max = config.load().limits.max_in_flight;
         Arc::new(Limits {
             config,
             global: Arc::new(GlobalLimit::new(max)),
             writes: WriteOrdering::new(),
+            coord,
             metrics,
         })
     }
@@ -154,6 +180,7 @@ where
                 held: Some(Held {
                     global: Some(global),
                     turn: None,
+                    lease: None,
                 }),
             };
         };
@@ -165,12 +192,30 @@ where
         let timeout = config.limits.agent_write_timeout;
         LimitFuture::Waiting(Box::pin(async move {
             let waited = Instant::now();
-            let turn = limits.writes.turn(&key, timeout).await;
+            // Across instances first: `Unavailable` (Redis unreachable) leaves
+            // the ordering to this instance alone, and is counted there.
+            let lease = match &limits.coord {
+                Some(coord) => match coord.acquire(&key, timeout).await {
+                    Ok(lease) => Ok(Some(lease)),
+                    Err(LeaseError::Timeout) => Err(()),
+                    Err(LeaseError::Unavailable(_)) => Ok(None),
+                },
+                None => Ok(None),
+            };
+            // Then here, with what is left of the wait.
+            let turn = match lease {
+                Ok(lease) => limits
+                    .writes
+                    .turn(&key, timeout.saturating_sub(waited.elapsed()))
+                    .await
+                    .map(|turn| (turn, lease)),
+                Err(()) => None,
+            };
             limits
                 .metrics
                 .write_wait
                 .observe(waited.elapsed().as_secs_f64());
-            let Some(turn) = turn else {
+            let Some((turn, lease)) = turn else {
                 limits
                     .metrics
                     .rejections
@@ -187,6 +232,7 @@ where
             let held = Held {
                 global: Some(global),
                 turn: Some(turn),
+                lease,
             };
             Ok(resp.map(|b| Watched::new(b, held)))
         }))

@@ -9,7 +9,8 @@
 //!
 //! Shutdown: stop accepting, tell every connection to finish its current
 //! exchanges (HTTP/1 keep-alive off, HTTP/2 GOAWAY), and wait up to
-//! `server.shutdown_grace` for in-flight requests and streams to end.
+//! `server.shutdown_grace` for in-flight requests and streams to end; then
+//! leave the other instances (`Gateway::leave`).
 
 pub mod reload;
 
@@ -217,6 +218,8 @@ pub async fn serve_gateway(
     {
         tracing::warn!("shutdown grace period over; closing remaining connections");
     }
+    // Drained: leave the other instances (registry, shared caps).
+    gateway.leave().await;
     Ok(())
 }
 

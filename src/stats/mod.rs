@@ -31,6 +31,9 @@ pub struct Snapshot {
     /// Redis or a coalesced miss); `null` before any cacheable request or with the cache off.
     pub cache_hit_ratio: Option<f64>,
     pub process: ProcessStats,
+    /// Coordination with other instances on the same Redis (write leases,
+    /// live instances); `null` when off (no `[redis]`, or `limits.coordinate = false`).
+    pub coordination: Option<crate::coord::CoordStatus>,
     /// The HTTPS listener's certificate, when `[server.tls]` is set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsStatus>,
@@ -54,6 +57,9 @@ pub struct BackendStats {
     pub draining: bool,
     pub in_flight: u64,
     pub max_in_flight: u64,
+    /// The cap this instance enforces: its share of `max_in_flight` when
+    /// instances coordinate, else `max_in_flight`; `null`: unlimited.
+    pub share: Option<u64>,
     #[serde(flatten)]
     pub window: Summary,
 }
@@ -80,6 +86,7 @@ pub fn snapshot(upstreams: &Upstreams, overall: &Window, metrics: &Metrics) -> S
             draining: b.is_draining(),
             in_flight: b.in_flight(),
             max_in_flight: b.max_in_flight(),
+            share: b.local_cap(),
             window: b.window.summary(now, WINDOW),
         })
         .collect();
@@ -135,6 +142,7 @@ pub fn snapshot(upstreams: &Upstreams, overall: &Window, metrics: &Metrics) -> S
             resident_memory_bytes: value("process_resident_memory_bytes").unwrap_or(0.0),
             open_fds: value("process_open_fds").unwrap_or(0.0),
         },
+        coordination: None,
         tls: None,
     }
 }

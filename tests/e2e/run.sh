@@ -9,13 +9,15 @@
 #      on the backend ports of config/e2e.toml; then, in a call of its own, one password-
 #      protected Letta (LETTA_SERVER_SECURE=true) on the backend port of config/e2e-secure.toml
 #      (parts already running are reused and left running)
-#   3. two Redis servers on free ports (temp dirs, no persistence): one for the main proxy, one
-#      shared by the two secure-mode proxies
+#   3. three Redis servers on free ports (temp dirs, no persistence): one for the main proxy (and
+#      the HTTPS one and examples/embed), one shared by the two secure-mode proxies, one shared by
+#      the three multi-instance proxies
 #   4. letta-proxy --config config/e2e.toml; twice letta-proxy --config config/e2e-secure.toml on
 #      free ports (listen and Redis URL from LETTA_PROXY__SERVER__LISTEN / __REDIS__URL); one
 #      letta-proxy --config tests/e2e/e2e-tls.toml (HTTPS, with a CA and a localhost certificate
 #      made by openssl in the work dir); examples/embed.rs (the gateway under /letta in an
-#      axum application) with config/e2e.toml on a free port
+#      axum application) with config/e2e.toml on a free port; three times letta-proxy --config
+#      config/e2e-multi.toml (the same two Letta servers, one Redis, admin API on free ports)
 #   5. pytest tests/e2e
 #
 # Exit status: pytest's (5, "no tests collected", becomes 1); 2 when the setup failed, with the
@@ -34,6 +36,7 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 CONFIG=$REPO/config/e2e.toml
 SECURE_CONFIG=$REPO/config/e2e-secure.toml
+MULTI_CONFIG=$REPO/config/e2e-multi.toml
 TLS_CONFIG=$REPO/tests/e2e/e2e-tls.toml
 KIT=$REPO/tests/e2e/kit/letta.sh
 export BASE=${BASE:-/tmp/letta-e2e}
@@ -128,9 +131,9 @@ if ! command -v python3 >/dev/null || ! command -v curl >/dev/null || ! python3 
   { timeout 300 apt-get update -qq && timeout 600 apt-get install -y -qq python3 python3-venv curl >/dev/null; } \
     || die "the Debian package archive cannot be reached (apt-get install python3 python3-venv curl failed)"
 fi
-for f in "$CONFIG" "$SECURE_CONFIG" "$TLS_CONFIG" "$KIT"; do [ -f "$f" ] || die "missing $f"; done
+for f in "$CONFIG" "$SECURE_CONFIG" "$TLS_CONFIG" "$MULTI_CONFIG" "$KIT"; do [ -f "$f" ] || die "missing $f"; done
 # listen addresses and backends come from the config files, the single source of truth
-eval "$(python3 - "$CONFIG" "$SECURE_CONFIG" "$TLS_CONFIG" <<'PY'
+eval "$(python3 - "$CONFIG" "$SECURE_CONFIG" "$TLS_CONFIG" "$MULTI_CONFIG" <<'PY'
 import sys, tomllib
 from urllib.parse import urlsplit
 cfg = tomllib.load(open(sys.argv[1], "rb"))
@@ -144,6 +147,9 @@ print(f'SECURE_BACKEND={secure[0]["url"].rstrip("/")}')
 print(f'SECURE_PORT={urlsplit(secure[0]["url"]).port}')
 tls = tomllib.load(open(sys.argv[3], "rb"))["backends"]
 assert tls == backends, "tests/e2e/e2e-tls.toml: the backends of config/e2e.toml"
+multi = tomllib.load(open(sys.argv[4], "rb"))["backends"]
+assert [(b["name"], b["url"]) for b in multi] == [(b["name"], b["url"]) for b in backends], \
+    "config/e2e-multi.toml: the same backends as config/e2e.toml"
 PY
 )"
 PROXY_URL=http://$PROXY_LISTEN
@@ -215,7 +221,7 @@ TLS_DIR=$WORK/tls; mkdir -p "$TLS_DIR"
 # Only for the HTTPS instance (every other one would turn HTTPS on too).
 TLS_ENV=(LETTA_PROXY__SERVER__TLS__CERT_FILE="$TLS_DIR/localhost.pem" LETTA_PROXY__SERVER__TLS__KEY_FILE="$TLS_DIR/localhost.key")
 
-for f in "$CONFIG" "$SECURE_CONFIG" "$TLS_CONFIG"; do
+for f in "$CONFIG" "$SECURE_CONFIG" "$TLS_CONFIG" "$MULTI_CONFIG"; do
   env "${TLS_ENV[@]}" "$PROXY_BIN" --config "$f" --check >"$WORK/check.log" 2>&1 \
     || { cat "$WORK/check.log" >&2; die "letta-proxy --check rejects $f"; }
 done
@@ -250,6 +256,7 @@ start_redis() {  # $1 = name -> prints nothing, sets REDIS_PORT
   mkdir -p "$WORK/$1"
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK/$1" \
     >"$WORK/$1.log" 2>&1 &
+  REDIS_PID=$!
   PIDS_TO_STOP+=("$1 $!")
   wait_for "$1 on :$REDIS_PORT" 15 bash -c "[ \"\$(redis-cli -p $REDIS_PORT ping)\" = PONG ]" \
     || { tail -n 20 "$WORK/$1.log" >&2; die "redis-server ($1) did not start"; }
@@ -258,6 +265,7 @@ start_redis() {  # $1 = name -> prints nothing, sets REDIS_PORT
 # proxy's invalidations to the secure pair.
 start_redis redis; MAIN_REDIS=$REDIS_PORT
 start_redis redis-secure; SECURE_REDIS=$REDIS_PORT
+start_redis redis-multi; MULTI_REDIS=$REDIS_PORT; MULTI_REDIS_PID=$REDIS_PID
 
 # ---------------------------------------------------------------- 4. letta-proxy ----------
 start_proxy() {  # $1 = name, $2 = config, $3 = listen address, $4 = Redis port
@@ -270,6 +278,7 @@ start_proxy() {  # $1 = name, $2 = config, $3 = listen address, $4 = Redis port
   LETTA_PROXY__SERVER__LISTEN=$listen LETTA_PROXY__REDIS__URL=redis://127.0.0.1:$redis \
     RUST_LOG=${RUST_LOG:-info} NO_COLOR=1 env ${PROXY_ENV:-} "$PROXY_BIN" --config "$config" >"$WORK/$name.log" 2>&1 &
   pid=$!
+  PROXY_PID=$pid
   PIDS_TO_STOP=("$name $pid" "${PIDS_TO_STOP[@]}")   # stop the proxies before Redis
   deadline=$(( $(date +%s) + 30 ))
   # shellcheck disable=SC2086  # READY_CURL is a list of arguments
@@ -295,6 +304,13 @@ PIDS_TO_STOP=("embed $!" "${PIDS_TO_STOP[@]}")
 wait_for "examples/embed on :$EMBED_PORT" 30 bash -c \
   "[ \"\$(curl -s -o /dev/null -w '%{http_code}' -H 'Authorization: Bearer $EMBED_TOKEN' http://127.0.0.1:$EMBED_PORT/letta/-/ready)\" = 200 ]" \
   || { tail -n 20 "$WORK/embed.log" >&2; die "examples/embed was not ready within 30 s"; }
+MULTI_URLS=(); MULTI_ADMINS=(); MULTI_PIDS=()
+for i in 1 2 3; do
+  listen=127.0.0.1:$(free_port); admin=127.0.0.1:$(free_port)
+  PROXY_ENV="LETTA_PROXY__SERVER__ADMIN_LISTEN=$admin" start_proxy "proxy-multi-$i" "$MULTI_CONFIG" "$listen" "$MULTI_REDIS"
+  MULTI_URLS+=("http://$listen"); MULTI_ADMINS+=("http://$admin"); MULTI_PIDS+=("$PROXY_PID")
+done
+join() { local IFS=,; echo "$*"; }
 
 # ---------------------------------------------------------------- 5. pytest ---------------
 log "pytest tests/e2e against $PROXY_URL"
@@ -304,7 +320,10 @@ export LETTA_PROXY_URL=$PROXY_URL LETTA_E2E_REQUIRE_PROXY=1 LETTA_E2E_BACKENDS=$
   LETTA_E2E_SECURE_PASSWORD=$SECURE_PASSWORD \
   LETTA_E2E_TLS_PROXY=https://localhost:$TLS_PORT LETTA_E2E_TLS_CA=$TLS_DIR/ca.pem \
   LETTA_E2E_TLS_REDIRECT=http://localhost:${TLS_REDIRECT##*:} \
-  LETTA_E2E_EMBED_URL=http://127.0.0.1:$EMBED_PORT LETTA_E2E_EMBED_TOKEN=$EMBED_TOKEN
+  LETTA_E2E_EMBED_URL=http://127.0.0.1:$EMBED_PORT LETTA_E2E_EMBED_TOKEN=$EMBED_TOKEN \
+  LETTA_E2E_MULTI_PROXIES=$(join "${MULTI_URLS[@]}") LETTA_E2E_MULTI_ADMINS=$(join "${MULTI_ADMINS[@]}") \
+  LETTA_E2E_MULTI_PIDS=$(join "${MULTI_PIDS[@]}") LETTA_E2E_MULTI_REDIS_PID=$MULTI_REDIS_PID \
+  LETTA_E2E_MULTI_REDIS_PORT=$MULTI_REDIS LETTA_E2E_FAKE_LLM=http://127.0.0.1:${FAKE_LLM_PORT:-8787}
 rc=0
 # shellcheck disable=SC2086  # E2E_PYTEST_ARGS is a list of arguments
 run_step 900 "$VENV/bin/python" -m pytest tests/e2e -p no:cacheprovider ${E2E_PYTEST_ARGS:-} || rc=$?

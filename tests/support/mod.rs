@@ -4,6 +4,7 @@
 
 pub mod cache;
 pub mod coord;
+pub mod process;
 pub mod redis;
 
 use std::future::Future;
