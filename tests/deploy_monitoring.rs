@@ -388,21 +388,25 @@ url = "{c}"
     .await;
 
     // 1. Cache: the same read again and again (a MISS, then HITs; stored in Redis too).
-    for _ in 0..10 {
+    // The first answer is stored by a task of its own once its body ended, so the next
+    // read may still miss: read until nine hits were counted (at most 50 reads).
+    let mut hits = 0.0;
+    for _ in 0..50 {
         let r = c.get(format!("{base}/v1/tools/")).send().await.unwrap();
         assert_eq!(r.status(), 200);
         r.bytes().await.unwrap();
-    }
-    assert!(
-        sample(
+        hits = sample(
             &c,
             &base,
             "letta_proxy_cache_lookups_total",
-            &["result=\"hit\"", "tier=\"l1\""]
+            &["result=\"hit\"", "tier=\"l1\""],
         )
-        .await
-            >= 9.0
-    );
+        .await;
+        if hits >= 9.0 {
+            break;
+        }
+    }
+    assert!(hits >= 9.0, "L1 hits after 50 reads: {hits}");
 
     // 2. Retries and an ejection: c answers 503; safe reads landing on it go to
     //    another backend, and its consecutive failures eject it.
@@ -544,6 +548,10 @@ url = "{c}"
     used.sort();
     used.dedup();
     for name in &used {
+        if name.starts_with("letta_proxy_tls_") {
+            // Exposed only with [server.tls] (this proxy is plain HTTP); tests/tls checks them.
+            continue;
+        }
         let found = exposed
             .lines()
             .any(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")));

@@ -159,6 +159,12 @@ async fn https_listener_speaks_h2_and_http11_and_tells_letta_the_client_used_htt
     }
 
     let text = proxy.gateway.metrics().render();
+    let not_after = text
+        .lines()
+        .find_map(|l| l.strip_prefix("letta_proxy_tls_certificate_not_after_timestamp_seconds "))
+        .expect("the certificate's expiry is exported (alerts.yml uses it)");
+    let cert = proxy.gateway.stats().tls.unwrap().certificate;
+    assert_eq!(not_after.parse::<f64>().unwrap(), cert.not_after as f64);
     for alpn in ["h2", "http/1.1"] {
         let line =
             format!("letta_proxy_tls_handshakes_total{{alpn=\"{alpn}\",tls_version=\"1.3\"}} 1");
