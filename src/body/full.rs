@@ -26,6 +26,17 @@ impl Full {
     }
 }
 
+/// For the layers that answer by themselves (hygiene, catch-panic) in front
+/// of axum routes.
+impl From<Full> for axum::body::Body {
+    fn from(full: Full) -> axum::body::Body {
+        match full.0 {
+            Some(bytes) => axum::body::Body::from(bytes),
+            None => axum::body::Body::empty(),
+        }
+    }
+}
+
 impl Body for Full {
     type Data = Bytes;
     type Error = BoxError;

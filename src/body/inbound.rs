@@ -11,6 +11,9 @@ use super::BoxError;
 /// A request body: straight from the client connection, or already in memory
 /// because a layer in front read it (the cache hashes small write bodies).
 pub enum InboundBody {
+    /// From hyper's connection, as the standalone server hands it over (no box).
+    Incoming(hyper::body::Incoming),
+    /// Through axum (an application's router, the gateway's own router).
     Stream(axum::body::Body),
     Buffered(Option<Bytes>),
 }
@@ -25,7 +28,7 @@ impl InboundBody {
     pub fn buffered(&self) -> Option<&Bytes> {
         match self {
             InboundBody::Buffered(b) => b.as_ref(),
-            InboundBody::Stream(_) => None,
+            InboundBody::Incoming(_) | InboundBody::Stream(_) => None,
         }
     }
 }
@@ -33,6 +36,12 @@ impl InboundBody {
 impl From<axum::body::Body> for InboundBody {
     fn from(b: axum::body::Body) -> Self {
         InboundBody::Stream(b)
+    }
+}
+
+impl From<hyper::body::Incoming> for InboundBody {
+    fn from(b: hyper::body::Incoming) -> Self {
+        InboundBody::Incoming(b)
     }
 }
 
@@ -51,6 +60,7 @@ impl Body for InboundBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut *self {
+            InboundBody::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             InboundBody::Stream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             InboundBody::Buffered(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
         }
@@ -58,6 +68,7 @@ impl Body for InboundBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
+            InboundBody::Incoming(b) => b.is_end_stream(),
             InboundBody::Stream(b) => b.is_end_stream(),
             InboundBody::Buffered(b) => b.is_none(),
         }
@@ -65,6 +76,7 @@ impl Body for InboundBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
+            InboundBody::Incoming(b) => b.size_hint(),
             InboundBody::Stream(b) => b.size_hint(),
             InboundBody::Buffered(b) => {
                 SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64))

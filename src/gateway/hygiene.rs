@@ -26,11 +26,11 @@ use std::convert::Infallible;
 use std::future::{ready, Ready};
 use std::task::{Context, Poll};
 
-use axum::response::{IntoResponse, Response};
 use futures_util::future::Either;
-use http::{header, HeaderMap, HeaderValue, Request};
+use http::{header, HeaderMap, HeaderValue, Request, Response};
 use tower::{Layer, Service};
 
+use crate::body::Full;
 use crate::config::SharedConfig;
 use crate::error::ProxyError;
 
@@ -64,13 +64,14 @@ pub struct Hygiene<S> {
     config: SharedConfig,
 }
 
-impl<S, B> Service<Request<B>> for Hygiene<S>
+impl<S, B, RB> Service<Request<B>> for Hygiene<S>
 where
-    S: Service<Request<B>, Response = Response, Error = Infallible>,
+    S: Service<Request<B>, Response = Response<RB>, Error = Infallible>,
+    RB: From<Full>,
 {
-    type Response = Response;
+    type Response = Response<RB>;
     type Error = Infallible;
-    type Future = Either<Ready<Result<Response, Infallible>>, S::Future>;
+    type Future = Either<Ready<Result<Response<RB>, Infallible>>, S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -82,7 +83,7 @@ where
             Ok(()) => Either::Right(self.inner.call(req)),
             Err(e) => {
                 tracing::debug!(error = %e, "request refused");
-                let mut resp = e.to_response().map(crate::body::Full::new).into_response();
+                let mut resp = e.to_response().map(|b| RB::from(Full::new(b)));
                 // The rest of the connection cannot be trusted to be framed as
                 // the client meant.
                 resp.headers_mut()

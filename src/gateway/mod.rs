@@ -7,6 +7,8 @@
 //! that is a `tower::ServiceBuilder` stack ([`stack`]):
 //!
 //! ```text
+//! CatchPanicLayer           a panic answers 500 for that request, nothing else ([`panic`])
+//! HygieneLayer              refusal of requests Letta could read differently ([`hygiene`])
 //! request id (tower-http)   x-request-id kept or generated, returned
 //! sensitive headers         credentials marked so no log prints them
 //! ObserveLayer              classification, metrics, stats window, access log, 499
@@ -15,12 +17,13 @@
 //! Proxy                     balancing, per-backend caps and queue, pool, retries
 //! ```
 //!
-//! Around the whole router: refusal of ambiguous requests ([`hygiene`]) and
-//! catch-panic (a panic answers 500 for that request, nothing else).
+//! The proxy-owned paths get catch-panic and hygiene too (`route_layer`).
 //!
 //! An application embeds the gateway by nesting the router in its own and
 //! adding its own layers (authentication, CORS, rate limits): see
-//! `examples/embed.rs`. [`crate::serve`] runs it standalone.
+//! `examples/embed.rs`. [`crate::serve`] runs it standalone, with
+//! [`Gateway::service`]: the router for the proxy-owned paths and the same
+//! stack, without the router's per-request boxing, for the rest ([`front`]).
 //!
 //! The control plane ([`control`]): `apply`, `update` (admin edits) and
 //! `reload` (SIGHUP, the admin API, file watch) swap the configuration in
@@ -35,7 +38,9 @@ mod batch;
 pub mod control;
 mod coordinate;
 mod endpoints;
+pub mod front;
 pub mod hygiene;
+pub mod panic;
 mod stack;
 
 use std::net::SocketAddr;
@@ -217,6 +222,26 @@ impl Gateway {
             + 'static,
     {
         stack::router(self, inner)
+    }
+
+    /// The gateway as a hyper service, for serving it on connections of your
+    /// own: the router for the proxy-owned paths, the forwarding stack for the
+    /// rest without the router's per-request boxing ([`front`]). What
+    /// [`crate::serve`] runs.
+    pub fn service(
+        &self,
+    ) -> impl tower::Service<
+        http::Request<hyper::body::Incoming>,
+        Response = http::Response<
+            impl http_body::Body<Data = bytes::Bytes, Error = crate::body::BoxError> + Send + 'static,
+        >,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Clone
+           + Send
+           + Sync
+           + 'static {
+        stack::front(self)
     }
 
     /// The admin API (`server.admin_listen`): backends, drain, strategy,

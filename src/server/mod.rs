@@ -14,13 +14,12 @@
 
 pub mod reload;
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::extract::ConnectInfo;
-use axum::Router;
 use http::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -59,29 +58,32 @@ pub async fn serve(
     serve_gateway(listener, gateway, shutdown).await
 }
 
-/// One client connection's service: the router, with the client's address
+/// One client connection's service: the gateway's, with the client's address
 /// in each request's extensions (axum's `ConnectInfo`, as `axum::serve` does)
 /// and, over HTTPS, the [`ClientTls`] marker.
 #[derive(Clone)]
-struct Connection {
-    router: Router,
+struct Connection<S> {
+    gateway: S,
     peer: SocketAddr,
     tls: Option<ClientTls>,
 }
 
-impl hyper::service::Service<Request<Incoming>> for Connection {
-    type Response = axum::response::Response;
-    type Error = Infallible;
-    // The router's own future is small (it boxes what it routes to): hyper
-    // keeps one slot of this size per connection, so idle connections stay light.
-    type Future = axum::routing::future::RouteFuture<Infallible>;
+impl<S> hyper::service::Service<Request<Incoming>> for Connection<S>
+where
+    S: tower::Service<Request<Incoming>> + Clone,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    // Boxed: hyper keeps one slot of the future's size per connection, and
+    // the stack's future is large; boxed, an idle connection holds a pointer.
+    type Future = Pin<Box<S::Future>>;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         req.extensions_mut().insert(ConnectInfo(self.peer));
         if let Some(tls) = self.tls {
             req.extensions_mut().insert(tls);
         }
-        tower::Service::call(&mut self.router.clone(), req)
+        Box::pin(self.gateway.clone().call(req))
     }
 }
 
@@ -93,7 +95,7 @@ pub async fn serve_gateway(
 ) -> Result<(), ServeError> {
     let config = gateway.config();
     let cfg = &config.server;
-    let router = gateway.router();
+    let service = gateway.service();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -184,7 +186,7 @@ pub async fn serve_gateway(
         };
         let _ = stream.set_nodelay(true);
         let svc = Connection {
-            router: router.clone(),
+            gateway: service.clone(),
             peer,
             tls: None,
         };
@@ -225,14 +227,24 @@ pub async fn serve_gateway(
 
 /// One HTTPS connection: the handshake (failures are counted and logged by
 /// [`ServerTls::accept`]), then HTTP/2 or HTTP/1.1 as ALPN settled.
-async fn serve_tls(
+async fn serve_tls<S, B>(
     tls: Arc<ServerTls>,
     stream: tokio::net::TcpStream,
-    mut svc: Connection,
+    mut svc: Connection<S>,
     builder: Arc<ConnBuilder>,
     watcher: hyper_util::server::graceful::Watcher,
     permit: tokio::sync::OwnedSemaphorePermit,
-) {
+) where
+    S: tower::Service<
+            Request<Incoming>,
+            Response = http::Response<B>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes, Error = crate::body::BoxError> + Send + 'static,
+{
     let peer = svc.peer;
     let Ok(accepted) = tls.accept(stream, peer).await else {
         return;
