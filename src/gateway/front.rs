@@ -58,7 +58,7 @@ where
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         if is_owned(req.uri().path()) {
-            SwitchFuture::Router(self.router.call(req))
+            SwitchFuture::Router(Box::new(self.router.call(req)))
         } else {
             SwitchFuture::Stack(self.stack.call(req.map(InboundBody::Incoming)))
         }
@@ -67,7 +67,8 @@ where
 
 /// The future of [`Switch`].
 pub enum SwitchFuture<F> {
-    Router(axum::routing::future::RouteFuture<Infallible>),
+    /// Boxed: it is large, and the proxy-owned paths are not the hot path.
+    Router(Box<axum::routing::future::RouteFuture<Infallible>>),
     Stack(F),
 }
 
@@ -79,7 +80,7 @@ where
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match &mut *self {
-            SwitchFuture::Router(f) => Pin::new(f)
+            SwitchFuture::Router(f) => Pin::new(f.as_mut())
                 .poll(cx)
                 .map(|r| r.map(|resp| resp.map(Either::Left))),
             SwitchFuture::Stack(f) => Pin::new(f)
