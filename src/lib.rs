@@ -7,37 +7,42 @@
 //!
 //! ## Layout
 //!
-//! Dependencies point one way, from the top of this list down:
+//! Dependencies point one way, from the top of this list down (checked by
+//! `tests/layering.rs`):
 //!
-//! - [`server`]: accepts HTTP/1.1 and h2c connections and hands each request to
-//!   the gateway's router; the admin listener; SIGHUP and file-watch reloads;
-//!   graceful shutdown.
+//! - [`server`]: accepts connections (HTTP/1.1 and h2c, or HTTPS with HTTP/2
+//!   and HTTP/1.1 by ALPN) and hands each request to the gateway; the admin
+//!   listener, the plain-HTTP redirect listener; SIGHUP, file-watch and
+//!   certificate reloads; graceful shutdown.
 //! - [`gateway`]: every part assembled from one configuration: the axum
 //!   `Router` (proxy-owned paths, then the forwarding stack as its fallback),
-//!   the admin API, `/-/batch`, request hygiene, and the control plane
-//!   (apply, reload, purge). Embeddable: nest [`Gateway::router`] in an
-//!   application's router.
-//! - [`observe`]: `ObserveLayer`: request id, metrics, stats window, access log.
-//! - [`limit`]: `LimitLayer`: the proxy-wide cap and per-agent write ordering.
+//!   the admin API, `/-/batch`, `/-/stats`, request hygiene, catch-panic, and
+//!   the control plane (apply, reload, purge). Embeddable: nest
+//!   [`Gateway::router`] in an application's router.
+//! - [`observe`]: `ObserveLayer`: classification, metrics, stats window, access log.
+//! - [`limit`]: `LimitLayer`: the proxy-wide cap, per-agent write ordering,
+//!   write leases across instances.
 //! - [`cache`]: `CacheLayer`: the response cache, in-process and Redis tiers,
 //!   identity-scoped keys, invalidation by Letta ids across instances.
 //! - [`proxy`]: the innermost service: forwards one request (header rules,
 //!   attempts, the retry rule) and streams the answer back.
+//! - [`health`]: the active prober feeding the backends' health verdicts.
+//! - [`backend`]: the live backend set, swapped atomically; per backend its
+//!   connection pool (plain or TLS, HTTP/1.1 or HTTP/2), in-flight slots and
+//!   their wait queue, health verdicts, its share of the cap.
+//! - [`stats`]: the `/-/stats` document and the sliding windows behind it.
 //! - [`coord`]: coordination between proxy instances sharing a Redis: write
 //!   leases (ordering across instances), the instance registry and each
 //!   instance's share of a backend's cap.
 //! - [`redis`]: the one Redis client (standalone or cluster, TLS, one timeout,
 //!   circuit breaker, pub/sub) used by the cache and by [`coord`].
-//! - [`backend`]: the live backend set, swapped atomically; per backend its
-//!   connection pool, in-flight slots and their wait queue, health verdicts.
-//! - [`health`]: the active prober feeding the backends' health verdicts.
-//! - [`tls`]: HTTPS for clients and `https://` backends: rustls configurations
-//!   from PEM files, certificate reload, handshakes, the plain-HTTP redirect.
-//! - [`balance`]: the selection strategies behind one small, pure trait.
-//! - Leaves: [`body`] (bodies both ways and what is held until they end),
-//!   [`routes`] (what a Letta path means), [`identity`] (which headers say who
-//!   is asking, derived from Letta's source), [`config`], [`error`],
-//!   [`metrics`], [`stats`].
+//! - [`metrics`]: the Prometheus registry and the families every part records to.
+//! - [`config`]: the TOML file, environment overrides, validation.
+//! - Leaves: [`balance`] (the selection strategies behind one small, pure
+//!   trait), [`tls`] (rustls configurations from PEM files, reload,
+//!   handshakes, the redirect), [`body`] (bodies both ways and what is held
+//!   until they end), [`routes`] (what a Letta path means), [`identity`]
+//!   (which headers say who is asking, derived from Letta's source), [`error`].
 //!
 //! Tests and benches drive the library directly: [`serve`] takes an already
 //! bound listener and a shutdown future.

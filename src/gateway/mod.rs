@@ -42,6 +42,7 @@ pub mod front;
 pub mod hygiene;
 pub mod panic;
 mod stack;
+mod status;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -304,7 +305,7 @@ impl Gateway {
     /// The `/-/stats` figures.
     pub fn stats(&self) -> crate::stats::Snapshot {
         let p = &self.parts;
-        let mut snapshot = crate::stats::snapshot(&p.upstreams, &p.recorder.window, &p.metrics);
+        let mut snapshot = status::snapshot(&p.upstreams, &p.recorder.window, &p.metrics);
         snapshot.tls = p.tls.as_ref().map(|tls| {
             let certificate = tls.certificate();
             crate::stats::TlsStatus {
