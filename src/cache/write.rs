@@ -102,68 +102,19 @@ where
     };
     let plan = tags::write_plan(&target.path, target.agent.as_deref(), bytes.as_deref());
 
-    // Unchanged-write suppression: keyed by caller and target, valued by body hash.
-    let suppress = match &bytes {
-        Some(b) if policy.suppress && is_block_write(&parts.method, target.kind) => key::compute(
-            Domain::Suppression,
-            &parts.method,
-            &target.path,
-            parts.uri.query(),
-            &parts.headers,
-            &policy.headers,
-            None,
-        )
-        // A request the key cannot describe is never answered from memory.
-        .ok()
-        .map(|k| (k, key::body_hash(b))),
-        _ => None,
+    let suppress = match suppression(&shared, &policy, &parts, &target, bytes.as_ref()).await {
+        Ok(s) => s,
+        Err(answered) => return cached(answered),
     };
-    if let Some((k, h)) = &suppress {
-        if let Some(rec) = shared.remembered(k).await {
-            if rec.request_hash.as_ref() == Some(h) {
-                shared.metrics.suppressed.inc();
-                let mut r = rec.to_response(None);
-                r.headers_mut().remove(header::AGE);
-                r.headers_mut()
-                    .insert(SUPPRESSED.clone(), HeaderValue::from_static("1"));
-                return cached(r);
+    let fill = match message.zip(bytes.as_ref()) {
+        Some((message, b)) => {
+            match turn_lookup(&shared, &policy, &parts, &target, message, b).await {
+                Ok(f) => f,
+                Err(answered) => return cached(answered),
             }
         }
-    }
-
-    // The opt-in message cache: the turn is looked up by its body.
-    let mut fill = None;
-    if let (Some((ttl, bypass)), Some(b)) = (message, &bytes) {
-        let key = key::compute(
-            Domain::Response,
-            &parts.method,
-            &target.path,
-            parts.uri.query(),
-            &parts.headers,
-            &policy.headers,
-            Some(&key::body_hash(b)),
-        );
-        match key {
-            Ok(key) => match lookup(&shared, key, bypass).await {
-                Found::Answer(r) => return cached(r),
-                Found::Fetch(leader, start, x) => {
-                    let f = Fill {
-                        key,
-                        start,
-                        leader,
-                        ttl,
-                        target: target.clone(),
-                    };
-                    fill = Some((f, x));
-                }
-            },
-            Err(unkeyed) => {
-                shared.metrics.unkeyed.inc();
-                tracing::debug!(header = %unkeyed.0, "cache: a header no key rule names; turn not cached");
-            }
-        }
-    }
-
+        None => None,
+    };
     // Nothing read while the write runs is stored under what it touches.
     let known = target
         .agent
@@ -251,6 +202,88 @@ where
     }
     let tee = tee.expect("just set");
     resp.map(|b| Watched::new(b, tee))
+}
+
+/// Unchanged-write suppression, keyed by caller and target, valued by the
+/// body's hash: `Err` with the remembered answer when this very write was just
+/// made, else the key and hash to remember this one under.
+async fn suppression(
+    shared: &Arc<Shared>,
+    policy: &Policy,
+    parts: &http::request::Parts,
+    target: &Target,
+    bytes: Option<&Bytes>,
+) -> Result<Option<(CacheKey, [u8; 32])>, Response<Full>> {
+    let Some(b) = bytes.filter(|_| policy.suppress && is_block_write(&parts.method, target.kind))
+    else {
+        return Ok(None);
+    };
+    let key = key::compute(
+        Domain::Suppression,
+        &parts.method,
+        &target.path,
+        parts.uri.query(),
+        &parts.headers,
+        &policy.headers,
+        None,
+    );
+    // A request the key cannot describe is never answered from memory.
+    let Ok(k) = key else {
+        return Ok(None);
+    };
+    let h = key::body_hash(b);
+    if let Some(rec) = shared.remembered(&k).await {
+        if rec.request_hash.as_ref() == Some(&h) {
+            shared.metrics.suppressed.inc();
+            let mut r = rec.to_response(None);
+            r.headers_mut().remove(header::AGE);
+            r.headers_mut()
+                .insert(SUPPRESSED.clone(), HeaderValue::from_static("1"));
+            return Err(r);
+        }
+    }
+    Ok(Some((k, h)))
+}
+
+/// The opt-in message cache: the turn looked up by its body. `Err` with the
+/// cached answer, else the fill to make (and its `x-cache`) if the turn is cacheable.
+async fn turn_lookup(
+    shared: &Arc<Shared>,
+    policy: &Policy,
+    parts: &http::request::Parts,
+    target: &Target,
+    (ttl, bypass): (Duration, Bypass),
+    body: &Bytes,
+) -> Result<Option<(Fill, &'static HeaderValue)>, Response<Full>> {
+    let key = key::compute(
+        Domain::Response,
+        &parts.method,
+        &target.path,
+        parts.uri.query(),
+        &parts.headers,
+        &policy.headers,
+        Some(&key::body_hash(body)),
+    );
+    match key {
+        Ok(key) => match lookup(shared, key, bypass).await {
+            Found::Answer(r) => Err(r),
+            Found::Fetch(leader, start, x) => Ok(Some((
+                Fill {
+                    key,
+                    start,
+                    leader,
+                    ttl,
+                    target: target.clone(),
+                },
+                x,
+            ))),
+        },
+        Err(unkeyed) => {
+            shared.metrics.unkeyed.inc();
+            tracing::debug!(header = %unkeyed.0, "cache: a header no key rule names; turn not cached");
+            Ok(None)
+        }
+    }
 }
 
 impl Shared {
