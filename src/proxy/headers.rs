@@ -172,7 +172,21 @@ pub fn rewrite_location(headers: &mut HeaderMap, backend: &BackendUrl, client: C
     let host = client.host.and_then(|h| h.to_str().ok());
     let mount = client.mount;
     let client_scheme = if client.https { "https" } else { "http" };
-    let rewritten = if let Some(path) = loc.strip_prefix('/') {
+    let rewritten = if let Some(rest) = loc.strip_prefix("//") {
+        // A network-path reference (RFC 3986 §4.2): an authority follows and
+        // the client resolves it with the scheme it used, so only the host
+        // (and the mount) may need changing, never the scheme.
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let at_backend = authority.eq_ignore_ascii_case(backend.authority.as_str());
+        let at_client = host.is_some_and(|h| authority.eq_ignore_ascii_case(h));
+        match host {
+            Some(h) if at_backend => Some(format!("//{h}{mount}{path}")),
+            Some(_) if at_client && !mount.is_empty() => {
+                Some(format!("//{authority}{mount}{path}"))
+            }
+            _ => None,
+        }
+    } else if let Some(path) = loc.strip_prefix('/') {
         // Relative to the host: only the mount is missing.
         (!mount.is_empty()).then(|| format!("{mount}/{path}"))
     } else {
@@ -330,6 +344,33 @@ mod tests {
             let mut h = map(&[("location", other)]);
             rewrite_location(&mut h, &backend, client);
             assert_eq!(h["location"], other);
+        }
+    }
+
+    #[test]
+    fn network_path_locations_are_not_taken_for_paths() {
+        // Found by fuzz/fuzz_targets/headers.rs: `//host/x` names a host (RFC
+        // 3986 §4.2); it was taken for a path and given the mount, so the
+        // client was sent to `/letta//host/x` on the gateway.
+        let backend = BackendUrl::parse("http://127.0.0.1:8283").unwrap();
+        let host = HeaderValue::from_static("app.example");
+        let client = ClientSide {
+            host: Some(&host),
+            https: true,
+            mount: "/letta",
+        };
+        for (loc, want) in [
+            ("//elsewhere.example/x", "//elsewhere.example/x"),
+            (
+                "//127.0.0.1:8283/v1/tools/",
+                "//app.example/letta/v1/tools/",
+            ),
+            ("//app.example/v1/tools/", "//app.example/letta/v1/tools/"),
+            ("/v1/tools/", "/letta/v1/tools/"),
+        ] {
+            let mut h = map(&[("location", loc)]);
+            rewrite_location(&mut h, &backend, client);
+            assert_eq!(h["location"], want, "{loc}");
         }
     }
 
