@@ -6,8 +6,10 @@
 //!   appends the client address, sets `X-Forwarded-Proto` (`https` over TLS),
 //!   and keeps an outer proxy's `-Proto` and `-Host`;
 //! - `rewrite_location` never panics, leaves a `Location` naming another host
-//!   alone, moves one naming the backend to the client's host and scheme, and
-//!   never turns an `https://` location into `http://`.
+//!   (or no http(s) URL at all) alone, moves one naming the backend to the
+//!   client's host and scheme, gives a path (`/x`) only the mount, keeps a
+//!   network-path reference (`//host/x`) one, and never turns an `https://`
+//!   location into `http://`.
 //!
 //! Input: a request in the text form of `letta_proxy_fuzz`; options `@ip:`
 //! (client address), `@backend:` (backend URL, `http://` or `https://`),
@@ -116,16 +118,51 @@ fn location(before: &HeaderMap, backend: &BackendUrl, client: ClientSide<'_>) {
     let (Ok(old), Ok(new)) = (old.to_str(), new.to_str()) else {
         return;
     };
+    let client_host = client.host.and_then(|v| v.to_str().ok());
+    if let Some(rest) = old.strip_prefix("//") {
+        // A network-path reference: a host follows, the scheme stays the client's.
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let at_backend = authority.eq_ignore_ascii_case(backend.authority.as_str());
+        let at_client = client_host.is_some_and(|c| authority.eq_ignore_ascii_case(c));
+        if !at_backend && !at_client {
+            assert_eq!(
+                old, new,
+                "a network-path Location naming another host rewritten"
+            );
+        }
+        assert!(new.starts_with("//"), "{old} changed kind: {new}");
+        if let (true, Some(c)) = (at_backend, client_host) {
+            let want = format!("//{c}{}{path}", client.mount);
+            if http::HeaderValue::from_str(&want).is_ok() {
+                assert_eq!(new, want);
+            }
+        }
+        return;
+    }
+    if let Some(path) = old.strip_prefix('/') {
+        // A path on the client's host (whatever it holds, even `://`): only
+        // the mount may be added.
+        let want = match client.mount {
+            "" => old.to_string(),
+            mount => format!("{mount}/{path}"),
+        };
+        if http::HeaderValue::from_str(&want).is_ok() {
+            assert_eq!(new, want, "a path-absolute Location");
+        }
+        return;
+    }
     let Some((scheme, rest)) = old.split_once("://") else {
+        assert_eq!(old, new, "a Location with no scheme rewritten");
         return;
     };
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        assert_eq!(old, new, "a Location that is not an http(s) URL rewritten");
+        return;
+    }
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let at_backend = scheme.eq_ignore_ascii_case(backend.scheme.as_str())
         && authority.eq_ignore_ascii_case(backend.authority.as_str());
-    let at_client = client
-        .host
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|c| authority.eq_ignore_ascii_case(c));
+    let at_client = client_host.is_some_and(|c| authority.eq_ignore_ascii_case(c));
     if !at_backend && !at_client {
         assert_eq!(old, new, "a Location naming another host rewritten");
     }
@@ -133,7 +170,7 @@ fn location(before: &HeaderMap, backend: &BackendUrl, client: ClientSide<'_>) {
         assert!(!new.starts_with("http://"), "{old} downgraded to {new}");
     }
     if at_backend {
-        if let Some(c) = client.host.and_then(|v| v.to_str().ok()) {
+        if let Some(c) = client_host {
             let s = if client.https { "https" } else { "http" };
             let want = format!("{s}://{c}{}{path}", client.mount);
             if http::HeaderValue::from_str(&want).is_ok() {

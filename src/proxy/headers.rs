@@ -196,7 +196,10 @@ pub fn rewrite_location(headers: &mut HeaderMap, backend: &BackendUrl, client: C
         let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
         let at_backend = authority.eq_ignore_ascii_case(backend.authority.as_str())
             && scheme.eq_ignore_ascii_case(backend.scheme.as_str());
-        let at_client = host.is_some_and(|h| authority.eq_ignore_ascii_case(h));
+        // Only an http(s) URL is one to move; anything else before `://` is
+        // another scheme or not a scheme at all (a relative path holding it).
+        let web = scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https");
+        let at_client = web && host.is_some_and(|h| authority.eq_ignore_ascii_case(h));
         let upgrade = client.https && scheme.eq_ignore_ascii_case("http");
         match (host, at_backend, at_client) {
             (Some(h), true, _) => Some(format!("{client_scheme}://{h}{mount}{path}")),
@@ -348,7 +351,7 @@ mod tests {
     }
 
     #[test]
-    fn network_path_locations_are_not_taken_for_paths() {
+    fn only_http_urls_and_network_paths_name_a_host() {
         // Found by fuzz/fuzz_targets/headers.rs: `//host/x` names a host (RFC
         // 3986 §4.2); it was taken for a path and given the mount, so the
         // client was sent to `/letta//host/x` on the gateway.
@@ -367,6 +370,13 @@ mod tests {
             ),
             ("//app.example/v1/tools/", "//app.example/letta/v1/tools/"),
             ("/v1/tools/", "/letta/v1/tools/"),
+            // Found by the same target: `://` inside a path, or after a word
+            // that is not http(s), makes no URL to move.
+            (
+                "/v1/x?next=http://app.example/",
+                "/letta/v1/x?next=http://app.example/",
+            ),
+            ("ftp://app.example/x", "ftp://app.example/x"),
         ] {
             let mut h = map(&[("location", loc)]);
             rewrite_location(&mut h, &backend, client);
