@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Where a request's CPU goes: user and kernel microseconds per request for nginx and
-# letta-proxy (cache off and cache hits), each pinned to CPU 1 and saturated by wrk on
+# letta-proxy (cache off and cache hits; nginx's hits from its proxy_cache server, the
+# harness's nginx-cache on 18095), each pinned to CPU 1 and saturated by wrk on
 # CPU 0, from /proc/<pid>/stat before and after a run; then, with perf, the share of
 # samples in the kernel, the proxy and libc, and the kernel's wake-up cost.
 #
@@ -37,7 +38,7 @@ taskset -c 0 "$BE" --port 18082 --name be2 >/dev/null 2>&1 & PIDS+=($!)
 taskset -c 1 nginx -p "$TMP/nginx" -c "$HARNESS/peers/nginx.conf" >/dev/null 2>&1 & PIDS+=($!)
 taskset -c 1 "$BIN" --config "$TMP/ours.toml" >/dev/null 2>&1 & OURS=$!; PIDS+=($OURS)
 taskset -c 1 "$BIN" --config "$TMP/ours-cache.toml" >/dev/null 2>&1 & CACHE=$!; PIDS+=($CACHE)
-for port in 18081 18082 18090 18100 18101; do wait_port $port; done
+for port in 18081 18082 18090 18095 18100 18101; do wait_port $port; done
 NGINX=$(pgrep -P "$(cat "$TMP/nginx/nginx.pid")" -f "nginx: worker" | head -1)
 HZ=$(getconf CLK_TCK)
 
@@ -56,15 +57,15 @@ print(f"{rps:.0f} {us(sys.argv[2], sys.argv[3]):.2f} {us(sys.argv[4], sys.argv[5
 ' "$out" "$u0" "$u1" "$s0" "$s1" "$HZ"
 }
 
-# Warm the cache (first GET is a miss) and the pools.
-for port in 18090 18100 18101; do
+# Warm the caches (first GET is a miss) and the pools.
+for port in 18090 18095 18100 18101; do
   timeout 10 taskset -c 0 wrk -t1 -c64 -d1s "http://127.0.0.1:$port$URL_PATH" >/dev/null
 done
 
 echo "| target | round | req/s | user µs/req | kernel µs/req | total µs/req |"
 echo "|---|---|---|---|---|---|"
 for round in $(seq "$ROUNDS"); do
-  for t in nginx:$NGINX:18090 ours:$OURS:18100 ours_cache_hits:$CACHE:18101; do
+  for t in nginx:$NGINX:18090 ours:$OURS:18100 nginx_cache_hits:$NGINX:18095 ours_cache_hits:$CACHE:18101; do
     IFS=: read -r name pid port <<< "$t"
     read -r rps user sys < <(measure "$pid" "$port")
     echo "| $name | $round | $rps | $user | $sys | $(python3 -c "print(round($user + $sys, 2))") |"
@@ -77,7 +78,7 @@ echo "perf (software clock, 2 s under the same load): share of samples"
 echo
 echo "| target | kernel | proxy binary | libc | wake-ups (_raw_spin_unlock_irqrestore) |"
 echo "|---|---|---|---|---|"
-for t in nginx:$NGINX:18090 ours:$OURS:18100 ours_cache_hits:$CACHE:18101; do
+for t in nginx:$NGINX:18090 ours:$OURS:18100 nginx_cache_hits:$NGINX:18095 ours_cache_hits:$CACHE:18101; do
   IFS=: read -r name pid port <<< "$t"
   timeout 20 taskset -c 0 wrk -t1 -c64 -d4s "http://127.0.0.1:$port$URL_PATH" >/dev/null &
   load=$!

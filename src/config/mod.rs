@@ -132,6 +132,10 @@ pub struct ServerConfig {
     /// Pass the client's `Host` to backends (Letta builds redirect URLs from it).
     pub preserve_host: bool,
     /// Idle keep-alive connections to a backend are closed after this long.
+    /// Below the backend's own keep-alive (Letta's server, uvicorn, closes
+    /// after 5 s: `uvicorn_timeout_keep_alive` in letta/settings.py), so a
+    /// request never goes out on a connection the backend is closing: a write
+    /// lost that way could not be resent and would be a 502.
     #[serde(with = "humantime_serde")]
     pub pool_idle_timeout: Duration,
     /// Most idle keep-alive connections kept per backend.
@@ -155,7 +159,7 @@ impl Default for ServerConfig {
             max_body_size: 100 * 1024 * 1024,
             max_header_size: 64 * 1024,
             preserve_host: true,
-            pool_idle_timeout: Duration::from_secs(60),
+            pool_idle_timeout: Duration::from_secs(4),
             pool_max_idle_per_backend: 1024,
             max_connections: 10_000,
             tls: None,

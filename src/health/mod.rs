@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::health_state::Transition;
-use crate::backend::pool::fit_to_connection;
+use crate::backend::pool::{fit_to_connection, Pooled};
 use crate::backend::{Backend, Upstreams};
 use crate::body::slot::RequestBody;
 use crate::config::{HealthConfig, SharedConfig};
@@ -89,30 +89,25 @@ async fn probe_once(backend: &Backend, path: &str) -> bool {
             return false;
         }
     };
-    if conn.ready().await.is_err() {
-        // An idle connection the backend had closed: one fresh try.
-        conn = match backend.pool.connect(&backend.url).await {
-            Ok(conn) => conn,
-            Err(_) => return false,
-        };
-        if conn.ready().await.is_err() {
-            return false;
-        }
-    }
-    let mut req = Request::new(RequestBody::empty());
-    *req.uri_mut() = Uri::from(pq);
-    let host = HeaderValue::from_str(backend.url.authority.as_str()).expect("a valid authority");
-    req.headers_mut().insert(header::HOST, host);
-    req.headers_mut().insert(
-        header::USER_AGENT,
-        HeaderValue::from_static("letta-proxy-health"),
-    );
-    fit_to_connection(&mut req, &backend.url, conn.is_h2());
-    let resp = match conn.try_send(req).await {
-        Ok(resp) => resp,
-        Err(e) => {
-            tracing::debug!(backend = %backend.name, error = %e.error(), "health probe failed");
-            return false;
+    let resp = loop {
+        match ask(backend, &mut conn, &pq).await {
+            Ok(resp) => break resp,
+            // A connection kept from the last round may be closed by the
+            // backend just as the probe reuses it (uvicorn, Letta's server,
+            // drops idle connections after 5 s, the default probe interval):
+            // that says nothing about the backend, so one fresh try. A probe
+            // is a GET, safe to send twice.
+            Err(_) if conn.reused => match backend.pool.connect(&backend.url).await {
+                Ok(fresh) => conn = fresh,
+                Err(e) => {
+                    tracing::debug!(backend = %backend.name, error = %e, "health probe: cannot connect");
+                    return false;
+                }
+            },
+            Err(e) => {
+                tracing::debug!(backend = %backend.name, error = %e, "health probe failed");
+                return false;
+            }
         }
     };
     let ok = resp.status().is_success();
@@ -131,4 +126,23 @@ async fn probe_once(backend: &Backend, path: &str) -> bool {
     }
     conn.release();
     ok
+}
+
+/// Sends the probe's `GET` on `conn` and waits for the answer's head.
+async fn ask(
+    backend: &Backend,
+    conn: &mut Pooled,
+    pq: &PathAndQuery,
+) -> Result<http::Response<hyper::body::Incoming>, hyper::Error> {
+    conn.ready().await?;
+    let mut req = Request::new(RequestBody::empty());
+    *req.uri_mut() = Uri::from(pq.clone());
+    let host = HeaderValue::from_str(backend.url.authority.as_str()).expect("a valid authority");
+    req.headers_mut().insert(header::HOST, host);
+    req.headers_mut().insert(
+        header::USER_AGENT,
+        HeaderValue::from_static("letta-proxy-health"),
+    );
+    fit_to_connection(&mut req, &backend.url, conn.is_h2());
+    conn.try_send(req).await.map_err(|e| e.into_error())
 }
