@@ -21,7 +21,7 @@
 # Results: /tmp/letta-proxy-bench-tls/<stamp>/summary.md
 set -euo pipefail
 MODE=${1:-main}
-source "$(dirname "$0")/common.sh"   # the harness lookup ($SHARED, $BE), builds, wait_port, PIDS
+source "$(dirname "$0")/common.sh"   # the harness ($HARNESS, $BE), builds, wait_port, PIDS
 
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
@@ -162,8 +162,8 @@ keepalive() {
   local t=$1 r=$2 c0 c1 json scheme=http
   [ -n "${TLS[$t]}" ] && scheme=https
   c0=$(cpu_ticks "${PID[$t]}")
-  json=$(BENCH_LUA_DIR=$SHARED/lua timeout $((DURATION + 30)) taskset -c "$LOAD_CPU" \
-         wrk -t1 -c"$CONNS" -d"${DURATION}s" --timeout 5s -s "$SHARED/lua/get.lua" \
+  json=$(BENCH_LUA_DIR=$HARNESS/lua timeout $((DURATION + 30)) taskset -c "$LOAD_CPU" \
+         wrk -t1 -c"$CONNS" -d"${DURATION}s" --timeout 5s -s "$HARNESS/lua/get.lua" \
          "$scheme://127.0.0.1:${PORT[$t]}$URL_PATH" | grep '^JSON:' | cut -c6-)
   c1=$(cpu_ticks "${PID[$t]}")
   python3 - "$t" "$r" "$c0" "$c1" "$HZ" "$json" >> "$OUT/keepalive.tsv" <<'PY'
