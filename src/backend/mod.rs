@@ -676,14 +676,12 @@ mod tests {
         assert_eq!(backend(&up, "c").local_cap(), Some(5));
     }
 
-    #[tokio::test]
-    async fn a_reload_that_adds_slots_lets_queued_requests_go() {
-        // a: 1 slot, b: none here; then a reload raises a's cap.
-        let up = Arc::new(Upstreams::new(&config(1, 1), Metrics::new()));
-        up.set_cap_share(Some(Arc::new(|name: &str, cap: u64| {
-            Some(if name == "a" { cap } else { 0 })
-        })));
-        let first = match attempt(&up) {
+    /// Takes the one slot `a` has, then queues a second request behind it:
+    /// the slot to hold, and the queued request (its backend once let go).
+    async fn hold_one_and_queue(
+        up: &Arc<Upstreams>,
+    ) -> ((usize, InFlight), tokio::task::JoinHandle<Option<usize>>) {
+        let first = match attempt(up) {
             Attempt::Got(got) => got,
             _ => panic!("a has a slot"),
         };
@@ -694,17 +692,29 @@ mod tests {
                     .acquire(|| attempt(&up))
                     .await
                     .map(|(got, _)| got.0)
+                    .ok()
             }
         });
         while up.queue.is_empty() {
             tokio::task::yield_now().await;
         }
+        (first, waiter)
+    }
+
+    #[tokio::test]
+    async fn a_reload_that_adds_slots_lets_queued_requests_go() {
+        // a: 1 slot, b: none here; then a reload raises a's cap.
+        let up = Arc::new(Upstreams::new(&config(1, 1), Metrics::new()));
+        up.set_cap_share(Some(Arc::new(|name: &str, cap: u64| {
+            Some(if name == "a" { cap } else { 0 })
+        })));
+        let (first, waiter) = hold_one_and_queue(&up).await;
         up.replace(&config(2, 1));
         let got = tokio::time::timeout(Duration::from_secs(2), waiter)
             .await
             .expect("woken by the reload, not by a release")
             .unwrap();
-        assert_eq!(got.ok(), Some(0));
+        assert_eq!(got, Some(0));
         drop(first);
     }
 
@@ -721,22 +731,7 @@ mod tests {
                 0
             })
         })));
-        let first = match attempt(&up) {
-            Attempt::Got(got) => got,
-            _ => panic!("a has a slot"),
-        };
-        let waiter = tokio::spawn({
-            let up = up.clone();
-            async move {
-                up.queue
-                    .acquire(|| attempt(&up))
-                    .await
-                    .map(|(got, _)| got.0)
-            }
-        });
-        while up.queue.is_empty() {
-            tokio::task::yield_now().await;
-        }
+        let (first, waiter) = hold_one_and_queue(&up).await;
         // No release: the share grows (another instance left).
         share.store(2, Ordering::SeqCst);
         up.apply_cap_shares();
@@ -744,7 +739,7 @@ mod tests {
             .await
             .expect("woken by the grown share, not by a release")
             .unwrap();
-        assert_eq!(got.ok(), Some(0));
+        assert_eq!(got, Some(0));
         drop(first);
     }
 }
