@@ -14,6 +14,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use axum::routing::future::RouteFuture;
 use axum::Router;
 use http::{Request, Response};
 use http_body_util::Either;
@@ -58,34 +59,9 @@ where
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         if is_owned(req.uri().path()) {
-            SwitchFuture::Router(Box::new(self.router.call(req)))
+            EitherFuture::Left(Box::new(self.router.call(req)))
         } else {
-            SwitchFuture::Stack(self.stack.call(req.map(InboundBody::Incoming)))
-        }
-    }
-}
-
-/// The future of [`Switch`].
-pub enum SwitchFuture<F> {
-    /// Boxed: it is large, and the proxy-owned paths are not the hot path.
-    Router(Box<axum::routing::future::RouteFuture<Infallible>>),
-    Stack(F),
-}
-
-impl<F, B> Future for SwitchFuture<F>
-where
-    F: Future<Output = Result<Response<B>, Infallible>> + Unpin,
-{
-    type Output = Result<Response<Either<axum::body::Body, B>>, Infallible>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match &mut *self {
-            SwitchFuture::Router(f) => Pin::new(f.as_mut())
-                .poll(cx)
-                .map(|r| r.map(|resp| resp.map(Either::Left))),
-            SwitchFuture::Stack(f) => Pin::new(f)
-                .poll(cx)
-                .map(|r| r.map(|resp| resp.map(Either::Right))),
+            EitherFuture::Right(self.stack.call(req.map(InboundBody::Incoming)))
         }
     }
 }
@@ -107,7 +83,7 @@ where
 {
     type Response = Response<Either<Either<axum::body::Body, BA>, Either<axum::body::Body, BB>>>;
     type Error = Infallible;
-    type Future = FrontFuture<SwitchFuture<A::Future>, SwitchFuture<B::Future>>;
+    type Future = EitherFuture<SwitchFuture<A::Future>, SwitchFuture<B::Future>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
@@ -115,19 +91,24 @@ where
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         match self {
-            Front::Cached(s) => FrontFuture::Cached(s.call(req)),
-            Front::Plain(s) => FrontFuture::Plain(s.call(req)),
+            Front::Cached(s) => EitherFuture::Left(s.call(req)),
+            Front::Plain(s) => EitherFuture::Right(s.call(req)),
         }
     }
 }
 
-/// The future of [`Front`].
-pub enum FrontFuture<A, B> {
-    Cached(A),
-    Plain(B),
+/// The future of [`Switch`]: the router's (boxed: it is large, and the
+/// proxy-owned paths are not the hot path) or the stack's.
+pub type SwitchFuture<F> = EitherFuture<Box<RouteFuture<Infallible>>, F>;
+
+/// The future of [`Switch`] and of [`Front`]: one of two services' futures,
+/// its response body tagged with the side it came from.
+pub enum EitherFuture<A, B> {
+    Left(A),
+    Right(B),
 }
 
-impl<A, B, BA, BB> Future for FrontFuture<A, B>
+impl<A, B, BA, BB> Future for EitherFuture<A, B>
 where
     A: Future<Output = Result<Response<BA>, Infallible>> + Unpin,
     B: Future<Output = Result<Response<BB>, Infallible>> + Unpin,
@@ -136,10 +117,10 @@ where
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match &mut *self {
-            FrontFuture::Cached(f) => Pin::new(f)
+            EitherFuture::Left(f) => Pin::new(f)
                 .poll(cx)
                 .map(|r| r.map(|resp| resp.map(Either::Left))),
-            FrontFuture::Plain(f) => Pin::new(f)
+            EitherFuture::Right(f) => Pin::new(f)
                 .poll(cx)
                 .map(|r| r.map(|resp| resp.map(Either::Right))),
         }
