@@ -8,7 +8,8 @@ case ${CARGO_TARGET_DIR:-target} in /*) TARGET_DIR=$CARGO_TARGET_DIR ;; *) TARGE
 # The harness's backend is a separate Cargo project, built into target/bench-harness.
 export HARNESS_TARGET=${HARNESS_TARGET:-$TARGET_DIR/bench-harness}
 BE=$HARNESS_TARGET/release/backend
-BIN=$TARGET_DIR/release/letta-proxy
+# PROXY_BIN=/path/to/letta-proxy measures another build (nothing is built then).
+BIN=${PROXY_BIN:-$TARGET_DIR/release/letta-proxy}
 
 need() { # tool... : exit when one is missing
   for tool; do command -v "$tool" >/dev/null || { echo "needs $tool" >&2; exit 1; }; done
@@ -28,7 +29,8 @@ install_tools() { # tool...: apt-get install the Debian packages of the same nam
   done
 }
 
-build_proxy() { # letta-proxy (release); extra arguments go to cargo
+build_proxy() { # letta-proxy (release), unless PROXY_BIN names a build; extra arguments go to cargo
+  [ -n "${PROXY_BIN:-}" ] && return 0
   (cd "$ROOT" && cargo build --release --bin letta-proxy "$@")
 }
 

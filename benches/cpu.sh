@@ -89,5 +89,5 @@ for t in nginx:$NGINX:18090 ours:$OURS:18100 nginx_cache_hits:$NGINX:18095 ours_
   share() { echo "$dsos" | awk -v d="$1" '$2 ~ d {gsub("%","",$1); s+=$1} END {printf "%.1f %%", s}'; }
   wake=$(perf report -q -i "$TMP/$name.perf" --sort sym 2>/dev/null \
          | awk '/_raw_spin_unlock_irqrestore/ {gsub("%","",$1); s+=$1} END {printf "%.1f %%", s}')
-  echo "| $name | $(share kernel) | $(share 'nginx|letta-proxy') | $(share libc) | $wake |"
+  echo "| $name | $(share kernel) | $(share "nginx|$(basename "$BIN")") | $(share libc) | $wake |"
 done

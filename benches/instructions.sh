@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# User-space instructions per proxied GET, counted by valgrind's callgrind: the
+# same binary and load give the same count whatever else the machine does, so
+# a change of a few percent shows where the timed benches (cpu.sh, load.sh)
+# cannot separate it from noise. Kernel time is not counted (see cpu.sh), and
+# `rep movs` copies count per iteration, so large memcpys weigh more here
+# than in time.
+#
+#   benches/instructions.sh                  # this build; ~1 min
+#   BASELINE_BIN=/path/to/letta-proxy benches/instructions.sh
+#                                            # this build and another, alternated
+#   ROUNDS=2 CONNS=16 DURATION=5             # the defaults
+#
+# Each round starts the proxy under callgrind (cache off, no write ordering:
+# the plain proxied path), warms it, zeroes the counters, runs wrk for
+# DURATION seconds and divides the instructions by the requests served.
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+ROUNDS=${ROUNDS:-2}; CONNS=${CONNS:-16}; DURATION=${DURATION:-5}
+install_tools valgrind wrk
+build_backend
+build_proxy
+TMP=$(mktemp -d /tmp/letta-proxy-instructions.XXXX)
+trap stop_pids EXIT
+URL_PATH=/v1/agents/agent-00000000-0000-4000-8000-000000000001
+export BENCH_LUA_DIR=$HARNESS/lua
+ours_config "$TMP/ours.toml" 18110 $'[limits]\nserialize_agent_writes = false\n[cache]\nenabled = false'
+
+taskset -c 0 "$BE" --port 18081 --name be1 >/dev/null 2>&1 & PIDS+=($!)
+taskset -c 0 "$BE" --port 18082 --name be2 >/dev/null 2>&1 & PIDS+=($!)
+wait_port 18081; wait_port 18082
+
+# count NAME BIN -> one table row
+count() {
+  local name=$1 bin=$2 out pid n ir file
+  out=$TMP/$name.$RANDOM
+  taskset -c 1 valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" --config "$TMP/ours.toml" \
+    >/dev/null 2>"$TMP/valgrind.log" &
+  pid=$!
+  for _ in $(seq 300); do curl -fso /dev/null "http://127.0.0.1:18110/-/healthy" && break; sleep 0.2; done
+  timeout 60 taskset -c 0 wrk -t1 -c"$CONNS" -d3s "http://127.0.0.1:18110$URL_PATH" >/dev/null
+  callgrind_control -z "$pid" >/dev/null 2>&1
+  n=$(timeout $((DURATION + 30)) taskset -c 0 wrk -t1 -c"$CONNS" -d"${DURATION}s" -s "$BENCH_LUA_DIR/get.lua" \
+      "http://127.0.0.1:18110$URL_PATH" | grep '^JSON:' | cut -c6- \
+      | python3 -c 'import json, sys; print(json.load(sys.stdin)["requests"])')
+  callgrind_control -d "$pid" >/dev/null 2>&1
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  # The dump (`.1`) holds what ran between zeroing and dumping; the file
+  # written at exit holds only what came after.
+  file=$out.1
+  ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$file")
+  echo "| $name | $n | $ir | $((ir / n)) |"
+}
+
+echo "| build | requests | instructions | instructions/request |"
+echo "|---|---|---|---|"
+for _ in $(seq "$ROUNDS"); do
+  count ours "$BIN"
+  [ -n "${BASELINE_BIN:-}" ] && count base "$BASELINE_BIN"
+done
