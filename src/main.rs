@@ -3,6 +3,8 @@
 //! `letta-proxy health URL` is a tiny HTTP(S) probe for container
 //! healthchecks (`letta_proxy::health::check`).
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
