@@ -38,10 +38,15 @@ build_proxy() { # letta-proxy (release), unless PROXY_BIN names a build; extra a
 PIDS=()
 stop_pids() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; }
 
-wait_port() { # port: wait up to 10 s for a listener
-  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
+wait_port() { # port [seconds]: wait up to seconds (10) for a listener
+  for _ in $(seq $((${2:-10} * 10))); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
   echo "port $1 never opened" >&2
   return 1
+}
+
+start_backends() { # the two stand-in backends every proxy config points at (18081, 18082), on CPU 0
+  taskset -c 0 "$BE" --port 18081 --name be1 >/dev/null 2>&1 & PIDS+=($!)
+  taskset -c 0 "$BE" --port 18082 --name be2 >/dev/null 2>&1 & PIDS+=($!)
 }
 
 # ours_config FILE PORT [EXTRA_TOML]: round robin over the harness's two backends

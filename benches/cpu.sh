@@ -33,8 +33,7 @@ ours_config "$TMP/ours.toml" 18100 "$NOLIMITS"$'\n[cache]\nenabled = false'
 ours_config "$TMP/ours-cache.toml" 18101 "$NOLIMITS"$'\n[cache]\nenabled = true'
 mkdir -p "$TMP/nginx/logs" "$TMP/nginx/tmp"
 
-taskset -c 0 "$BE" --port 18081 --name be1 >/dev/null 2>&1 & PIDS+=($!)
-taskset -c 0 "$BE" --port 18082 --name be2 >/dev/null 2>&1 & PIDS+=($!)
+start_backends
 taskset -c 1 nginx -p "$TMP/nginx" -c "$HARNESS/peers/nginx.conf" >/dev/null 2>&1 & PIDS+=($!)
 taskset -c 1 "$BIN" --config "$TMP/ours.toml" >/dev/null 2>&1 & OURS=$!; PIDS+=($OURS)
 taskset -c 1 "$BIN" --config "$TMP/ours-cache.toml" >/dev/null 2>&1 & CACHE=$!; PIDS+=($CACHE)

@@ -26,8 +26,7 @@ URL_PATH=/v1/agents/agent-00000000-0000-4000-8000-000000000001
 export BENCH_LUA_DIR=$HARNESS/lua
 ours_config "$TMP/ours.toml" 18110 $'[limits]\nserialize_agent_writes = false\n[cache]\nenabled = false'
 
-taskset -c 0 "$BE" --port 18081 --name be1 >/dev/null 2>&1 & PIDS+=($!)
-taskset -c 0 "$BE" --port 18082 --name be2 >/dev/null 2>&1 & PIDS+=($!)
+start_backends
 wait_port 18081; wait_port 18082
 
 # count NAME BIN -> one table row
@@ -37,7 +36,7 @@ count() {
   taskset -c 1 valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" --config "$TMP/ours.toml" \
     >/dev/null 2>"$TMP/valgrind.log" &
   pid=$!
-  for _ in $(seq 300); do curl -fso /dev/null "http://127.0.0.1:18110/-/healthy" && break; sleep 0.2; done
+  wait_port 18110 60   # valgrind starts it slowly
   timeout 60 taskset -c 0 wrk -t1 -c"$CONNS" -d3s "http://127.0.0.1:18110$URL_PATH" >/dev/null
   callgrind_control -z "$pid" >/dev/null 2>&1
   n=$(timeout $((DURATION + 30)) taskset -c 0 wrk -t1 -c"$CONNS" -d"${DURATION}s" -s "$BENCH_LUA_DIR/get.lua" \

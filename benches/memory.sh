@@ -26,8 +26,7 @@ trap stop_pids EXIT
 ours_config "$TMP/ours.toml" 18100 $'[cache]\nenabled = false'
 mkdir -p "$TMP/nginx/logs" "$TMP/nginx/tmp"
 
-taskset -c 0 "$BE" --port 18081 --name be1 >/dev/null 2>&1 & PIDS+=($!)
-taskset -c 0 "$BE" --port 18082 --name be2 >/dev/null 2>&1 & PIDS+=($!)
+start_backends
 
 rss() { awk '/^VmRSS/ {printf "%.1f", $2/1024}' /proc/$1/status; }
 

@@ -342,17 +342,12 @@ mod tests {
             None,
         );
         let url = BackendUrl::parse("https://127.0.0.1:1").unwrap();
-        let connect = pool.connect(&url);
-        assert!(
-            std::mem::size_of_val(&connect) <= 512,
-            "connect future is {} bytes",
-            std::mem::size_of_val(&connect)
-        );
-        let checkout = pool.checkout(&url);
-        assert!(
-            std::mem::size_of_val(&checkout) <= 512,
-            "checkout future is {} bytes",
-            std::mem::size_of_val(&checkout)
-        );
+        let sizes = [
+            ("connect", std::mem::size_of_val(&pool.connect(&url))),
+            ("checkout", std::mem::size_of_val(&pool.checkout(&url))),
+        ];
+        for (future, size) in sizes {
+            assert!(size <= 512, "{future} future is {size} bytes");
+        }
     }
 }
