@@ -13,7 +13,8 @@
 //! - [`server`]: accepts connections (HTTP/1.1 and h2c, or HTTPS with HTTP/2
 //!   and HTTP/1.1 by ALPN) and hands each request to the gateway; the admin
 //!   listener, the plain-HTTP redirect listener; SIGHUP, file-watch and
-//!   certificate reloads; graceful shutdown.
+//!   certificate reloads; graceful shutdown. An idle HTTP/1 keep-alive
+//!   connection is parked without hyper's buffers until its next request.
 //! - [`gateway`]: every part assembled from one configuration: the axum
 //!   `Router` (proxy-owned paths, then the forwarding stack as its fallback),
 //!   the admin API, `/-/batch`, `/-/stats`, request hygiene, catch-panic, and

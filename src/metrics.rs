@@ -24,6 +24,11 @@ pub struct Metrics {
     pub request_duration: HistogramVec,
     /// `http_server_active_requests`: requests whose response body has not ended yet.
     pub active_requests: IntGauge,
+    /// `letta_proxy_client_connections`: client connections open (HTTP and HTTPS).
+    pub client_connections: IntGauge,
+    /// `letta_proxy_client_connections_idle`: HTTP/1 keep-alive client connections
+    /// waiting for their next request, parked without buffers.
+    pub client_connections_idle: IntGauge,
     backend_requests: IntCounterVec,
     backend_in_flight: IntGaugeVec,
     backend_errors: IntCounterVec,
@@ -137,9 +142,27 @@ impl Metrics {
             &["result"],
         );
         known(&reloads, &["success", "failure"]);
+        let client_connections = register(
+            &r,
+            IntGauge::new(
+                "letta_proxy_client_connections",
+                "Client connections open (HTTP and HTTPS).",
+            )
+            .expect("valid metric"),
+        );
+        let client_connections_idle = register(
+            &r,
+            IntGauge::new(
+                "letta_proxy_client_connections_idle",
+                "HTTP/1 keep-alive client connections waiting for their next request, parked without buffers.",
+            )
+            .expect("valid metric"),
+        );
         let metrics = Metrics {
             request_duration,
             active_requests,
+            client_connections,
+            client_connections_idle,
             backend_requests: counter_vec(
                 &r,
                 "letta_proxy_backend_requests_total",

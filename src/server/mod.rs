@@ -5,34 +5,35 @@
 //!
 //! A TLS handshake runs in the connection's own task, under
 //! `server.client_header_timeout`: a slow or broken client holds one
-//! connection slot, never the accept loop.
+//! connection slot, never the accept loop. Each connection is served by
+//! `conn` (HTTP/1 or HTTP/2, idle HTTP/1 connections parked).
 //!
 //! Shutdown: stop accepting, tell every connection to finish its current
-//! exchanges (HTTP/1 keep-alive off, HTTP/2 GOAWAY), and wait up to
+//! exchanges (HTTP/1 keep-alive off, HTTP/2 GOAWAY; a parked connection
+//! closes at once), and wait up to
 //! `server.shutdown_grace` for in-flight requests and streams to end; then
 //! leave the other instances (`Gateway::leave`).
 
+mod conn;
 pub mod reload;
+mod service;
+mod transport;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 
-use axum::extract::ConnectInfo;
-use http::Request;
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::gateway::{Gateway, GatewayError};
-use crate::tls::{ClientTls, ServerTls};
-
-type ConnBuilder = auto::Builder<TokioExecutor>;
+use crate::tls::ClientTls;
+use service::Connection;
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -58,35 +59,6 @@ pub async fn serve(
     serve_gateway(listener, gateway, shutdown).await
 }
 
-/// One client connection's service: the gateway's, with the client's address
-/// in each request's extensions (axum's `ConnectInfo`, as `axum::serve` does)
-/// and, over HTTPS, the [`ClientTls`] marker.
-#[derive(Clone)]
-struct Connection<S> {
-    gateway: S,
-    peer: SocketAddr,
-    tls: Option<ClientTls>,
-}
-
-impl<S> hyper::service::Service<Request<Incoming>> for Connection<S>
-where
-    S: tower::Service<Request<Incoming>> + Clone,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    // Boxed: hyper keeps one slot of the future's size per connection, and
-    // the stack's future is large; boxed, an idle connection holds a pointer.
-    type Future = Pin<Box<S::Future>>;
-
-    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
-        req.extensions_mut().insert(ConnectInfo(self.peer));
-        if let Some(tls) = self.tls {
-            req.extensions_mut().insert(tls);
-        }
-        Box::pin(self.gateway.clone().call(req))
-    }
-}
-
 /// Like [`serve`], with a gateway the caller built (and can inspect).
 pub async fn serve_gateway(
     listener: TcpListener,
@@ -96,21 +68,30 @@ pub async fn serve_gateway(
     let config = gateway.config();
     let cfg = &config.server;
     let service = gateway.service();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+    let mut http1 = http1::Builder::new();
+    http1
         .timer(TokioTimer::new())
         .header_read_timeout(cfg.client_header_timeout)
         // A backstop for `max_header_size` (checked exactly per request): room
         // for the headers plus a long request line. hyper answers 431 above it.
         .max_buf_size(header_buffer(cfg.max_header_size))
         .keep_alive(true);
-    builder
-        .http2()
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2
         .timer(TokioTimer::new())
         .max_header_list_size(header_buffer(cfg.max_header_size) as u32);
-    let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
+    let metrics = gateway.metrics();
+    let settings = Arc::new(conn::Settings {
+        http1,
+        http2,
+        idle_timeout: cfg.client_header_timeout,
+        open: metrics.client_connections.clone(),
+        parked: metrics.client_connections_idle.clone(),
+    });
+    // Connections finish their exchanges when `stop` is cancelled; `tracker`
+    // says when the last one has.
+    let stop = CancellationToken::new();
+    let tracker = TaskTracker::new();
     let connections = Arc::new(Semaphore::new(cfg.max_connections));
     let grace = cfg.shutdown_grace;
     let stop_background = gateway.stopped();
@@ -189,35 +170,25 @@ pub async fn serve_gateway(
             gateway: service.clone(),
             peer,
             tls: None,
+            activity: None,
         };
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let settings = settings.clone();
+        let stop = stop.clone();
         match &tls {
-            None => tokio::spawn(async move {
-                let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                if let Err(e) = watcher.watch(conn.into_owned()).await {
-                    tracing::debug!(error = %e, %peer, "connection ended with an error");
-                }
+            None => tracker.spawn(async move {
+                conn::serve(stream, svc, settings, stop).await;
                 drop(permit);
             }),
-            Some(tls) => tokio::spawn(serve_tls(
-                tls.clone(),
-                stream,
-                svc,
-                builder,
-                watcher,
-                permit,
-            )),
+            Some(tls) => tracker.spawn(serve_tls(tls.clone(), stream, svc, settings, stop, permit)),
         };
     }
 
     drop(listener);
     gateway.shutdown();
     tracing::info!(grace = ?grace, "shutting down: draining in-flight requests");
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    stop.cancel();
+    tracker.close();
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         tracing::warn!("shutdown grace period over; closing remaining connections");
     }
     // Drained: leave the other instances (registry, shared caps).
@@ -228,22 +199,23 @@ pub async fn serve_gateway(
 /// One HTTPS connection: the handshake (failures are counted and logged by
 /// [`ServerTls::accept`]), then HTTP/2 or HTTP/1.1 as ALPN settled.
 async fn serve_tls<S, B>(
-    tls: Arc<ServerTls>,
+    tls: Arc<crate::tls::ServerTls>,
     stream: tokio::net::TcpStream,
     mut svc: Connection<S>,
-    builder: Arc<ConnBuilder>,
-    watcher: hyper_util::server::graceful::Watcher,
+    settings: Arc<conn::Settings>,
+    stop: CancellationToken,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) where
     S: tower::Service<
-            Request<Incoming>,
+            http::Request<hyper::body::Incoming>,
             Response = http::Response<B>,
             Error = std::convert::Infallible,
         > + Clone
         + Send
+        + Unpin
         + 'static,
     S::Future: Send + 'static,
-    B: http_body::Body<Data = bytes::Bytes, Error = crate::body::BoxError> + Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes, Error = crate::body::BoxError> + Send + Unpin + 'static,
 {
     let peer = svc.peer;
     let Ok(accepted) = tls.accept(stream, peer).await else {
@@ -254,12 +226,7 @@ async fn serve_tls<S, B>(
     });
     // The same detection as plain connections: a client that negotiated h2
     // opens with the HTTP/2 preface, anything else is HTTP/1.1.
-    let conn = builder
-        .serve_connection(TokioIo::new(accepted.stream), svc)
-        .into_owned();
-    if let Err(e) = watcher.watch(conn).await {
-        tracing::debug!(error = %e, %peer, "TLS connection ended with an error");
-    }
+    conn::serve(accepted.stream, svc, settings, stop).await;
     drop(permit);
 }
 
