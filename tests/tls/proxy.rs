@@ -172,6 +172,43 @@ async fn https_listener_speaks_h2_and_http11_and_tells_letta_the_client_used_htt
     }
 }
 
+/// An idle HTTPS keep-alive connection is parked (hyper's buffers freed,
+/// the TLS session kept) and serves the next request on the same session.
+#[tokio::test]
+async fn an_idle_https_connection_is_parked_and_keeps_its_tls_session() {
+    init();
+    let pki = Pki::new("parked");
+    let leaf = pki.server("proxy", &[]);
+    let s = StandIn::start("be1").await.unwrap();
+    let proxy = TestProxy::start(with_listener_tls(
+        config("", &plain_backend(&s)),
+        &leaf,
+        None,
+    ))
+    .await;
+    let port = proxy.addr.port();
+    let mut conn = Conn::open(proxy.addr, &pki, b"http/1.1", None).await;
+    for round in 1..=2 {
+        let resp = conn.send(Method::GET, "/__headers", port).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "round {round}");
+        assert_eq!(
+            json(resp.into_body()).await["headers"]["x-forwarded-proto"],
+            "https"
+        );
+        let metrics = proxy.gateway.metrics();
+        eventually(WITHIN, "the idle HTTPS connection parked", || async {
+            metrics.client_connections_idle.get() == 1
+        })
+        .await;
+    }
+    let text = proxy.gateway.metrics().render();
+    let one = "letta_proxy_tls_handshakes_total{alpn=\"http/1.1\",tls_version=\"1.3\"} 1";
+    assert!(
+        text.contains(one),
+        "one handshake for both requests:\n{text}"
+    );
+}
+
 /// reqwest (rustls, the CA added by hand) negotiates h2 by ALPN, as the
 /// Letta SDKs' HTTP stacks do.
 #[tokio::test]
