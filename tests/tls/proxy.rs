@@ -50,6 +50,22 @@ fn with_listener_tls(mut c: Config, leaf: &Issued, client_ca: Option<&Path>) -> 
     c
 }
 
+/// The proxy on an HTTPS listener (a certificate for `localhost` from a new
+/// PKI named `name`) in front of one plain stand-in, `be1`.
+async fn https_proxy(name: &str) -> (Pki, StandIn, TestProxy) {
+    init();
+    let pki = Pki::new(name);
+    let leaf = pki.server("proxy", &[]);
+    let s = StandIn::start("be1").await.unwrap();
+    let proxy = TestProxy::start(with_listener_tls(
+        config("", &plain_backend(&s)),
+        &leaf,
+        None,
+    ))
+    .await;
+    (pki, s, proxy)
+}
+
 /// An HTTP/2 or HTTP/1.1 connection to the proxy's HTTPS listener, by `alpn`.
 enum Conn {
     H2(hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
@@ -115,16 +131,7 @@ async fn json(body: Incoming) -> serde_json::Value {
 
 #[tokio::test]
 async fn https_listener_speaks_h2_and_http11_and_tells_letta_the_client_used_https() {
-    init();
-    let pki = Pki::new("listener");
-    let leaf = pki.server("proxy", &[]);
-    let s = StandIn::start("be1").await.unwrap();
-    let proxy = TestProxy::start(with_listener_tls(
-        config("", &plain_backend(&s)),
-        &leaf,
-        None,
-    ))
-    .await;
+    let (pki, _backend, proxy) = https_proxy("listener").await;
     let port = proxy.addr.port();
 
     for (alpn, version) in [
@@ -176,16 +183,7 @@ async fn https_listener_speaks_h2_and_http11_and_tells_letta_the_client_used_htt
 /// the TLS session kept) and serves the next request on the same session.
 #[tokio::test]
 async fn an_idle_https_connection_is_parked_and_keeps_its_tls_session() {
-    init();
-    let pki = Pki::new("parked");
-    let leaf = pki.server("proxy", &[]);
-    let s = StandIn::start("be1").await.unwrap();
-    let proxy = TestProxy::start(with_listener_tls(
-        config("", &plain_backend(&s)),
-        &leaf,
-        None,
-    ))
-    .await;
+    let (pki, _backend, proxy) = https_proxy("parked").await;
     let port = proxy.addr.port();
     let mut conn = Conn::open(proxy.addr, &pki, b"http/1.1", None).await;
     for round in 1..=2 {
@@ -213,16 +211,7 @@ async fn an_idle_https_connection_is_parked_and_keeps_its_tls_session() {
 /// Letta SDKs' HTTP stacks do.
 #[tokio::test]
 async fn reqwest_gets_http2_from_the_https_listener() {
-    init();
-    let pki = Pki::new("reqwest");
-    let leaf = pki.server("proxy", &[]);
-    let s = StandIn::start("be1").await.unwrap();
-    let proxy = TestProxy::start(with_listener_tls(
-        config("", &plain_backend(&s)),
-        &leaf,
-        None,
-    ))
-    .await;
+    let (pki, _backend, proxy) = https_proxy("reqwest").await;
     let ca = reqwest::Certificate::from_pem(&std::fs::read(pki.ca_file()).unwrap()).unwrap();
     let client = reqwest::Client::builder()
         .use_rustls_tls()
@@ -241,16 +230,7 @@ async fn reqwest_gets_http2_from_the_https_listener() {
 
 #[tokio::test]
 async fn https_listener_survives_plain_http_and_counts_it() {
-    init();
-    let pki = Pki::new("plain");
-    let leaf = pki.server("proxy", &[]);
-    let s = StandIn::start("be1").await.unwrap();
-    let proxy = TestProxy::start(with_listener_tls(
-        config("", &plain_backend(&s)),
-        &leaf,
-        None,
-    ))
-    .await;
+    let (pki, s, proxy) = https_proxy("plain").await;
 
     // Plain HTTP to the HTTPS port: the handshake fails, nothing is forwarded.
     let plain = support::client().get(proxy.url("/v1/tools/")).send().await;
@@ -277,16 +257,7 @@ async fn https_listener_survives_plain_http_and_counts_it() {
 // curl blocks its thread: the proxy runs on the other worker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_over_http2_gets_answers_and_an_sse_stream_through_the_https_listener() {
-    init();
-    let pki = Pki::new("curl");
-    let leaf = pki.server("proxy", &[]);
-    let s = StandIn::start("be1").await.unwrap();
-    let proxy = TestProxy::start(with_listener_tls(
-        config("", &plain_backend(&s)),
-        &leaf,
-        None,
-    ))
-    .await;
+    let (pki, _backend, proxy) = https_proxy("curl").await;
     let port = proxy.addr.port();
     let curl = |args: &[&str]| {
         let out = std::process::Command::new("curl")
@@ -332,16 +303,7 @@ async fn curl_over_http2_gets_answers_and_an_sse_stream_through_the_https_listen
 
 #[tokio::test]
 async fn sse_over_https_h2_arrives_event_by_event() {
-    init();
-    let pki = Pki::new("sse");
-    let leaf = pki.server("proxy", &[]);
-    let s = StandIn::start("be1").await.unwrap();
-    let proxy = TestProxy::start(with_listener_tls(
-        config("", &plain_backend(&s)),
-        &leaf,
-        None,
-    ))
-    .await;
+    let (pki, s, proxy) = https_proxy("sse").await;
     let mut conn = Conn::open(proxy.addr, &pki, b"h2", None).await;
     let path = format!("/v1/agents/{AGENT}/messages/stream?events=40&interval_ms=100");
     let resp = conn
@@ -662,16 +624,7 @@ async fn an_https_backend_with_an_untrusted_certificate_is_a_clear_502() {
 /// without it the refusal is printed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_health_subcommand_checks_an_https_listener_with_its_ca() {
-    init();
-    let pki = Pki::new("healthcmd");
-    let leaf = pki.server("proxy", &[]);
-    let s = StandIn::start("be1").await.unwrap();
-    let proxy = TestProxy::start(with_listener_tls(
-        config("", &plain_backend(&s)),
-        &leaf,
-        None,
-    ))
-    .await;
+    let (pki, _backend, proxy) = https_proxy("healthcmd").await;
     let url = format!("https://localhost:{}/-/ready", proxy.addr.port());
     let run = |ca: Option<&Path>| {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_letta-proxy"));
