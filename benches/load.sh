@@ -4,6 +4,7 @@
 #
 #   benches/load.sh                 # main table: direct nginx nginx-cache haproxy ours ours-cache (~15 min)
 #   benches/load.sh features        # each layer on/off, GET and POST (~9 min)
+#   benches/load.sh log             # the access log on against off, GET and POST (~4 min)
 #   benches/load.sh bypass          # the cache layer present but the route not cacheable
 #   benches/load.sh quick           # 1 round x 5 s, for a smoke check (~3 min)
 #   BASELINE_BIN=/path/to/letta-proxy benches/load.sh compare
@@ -55,6 +56,11 @@ case $MODE in
     export CMD_ours_bypass=$(conf ours-bypass 18105 "$NOLIMITS"$'\n[cache]\nenabled = true\n[[cache.rules]]\npath = "/v1/agents/**"\ncache = false')
     WORKLOADS=${WORKLOADS:-"get post"} exec "$HARNESS/run.sh" nginx ours=127.0.0.1:18100 ours_log=127.0.0.1:18102 \
       ours_nometrics=127.0.0.1:18103 ours_ordered=127.0.0.1:18104 ours_bypass=127.0.0.1:18105 ;;
+  log)
+    # The access log's cost alone: `ours` against `ours_log` (access log on, level info).
+    export CMD_ours_log=$(conf ours-log 18102 "$NOLIMITS"$'\n[cache]\nenabled = false')
+    sed -i 's/^access_log = false/access_log = true/; s/^level = "warn"/level = "info"/' "$CONF/ours-log.toml"
+    WORKLOADS=${WORKLOADS:-"get post"} exec "$HARNESS/run.sh" nginx ours=127.0.0.1:18100 ours_log=127.0.0.1:18102 ;;
   bypass)
     # The cache layer in the stack but the route not cacheable: the layer's own cost.
     export CMD_ours_bypass=$(conf ours-bypass 18105 "$NOLIMITS"$'\n[cache]\nenabled = true\n[[cache.rules]]\npath = "/v1/agents/**"\ncache = false')
@@ -65,5 +71,5 @@ case $MODE in
     ours_config "$CONF/base.toml" 18106 "$NOLIMITS"$'\n[cache]\nenabled = false'
     export CMD_base="$BASELINE_BIN --config $CONF/base.toml"
     WORKLOADS=${WORKLOADS:-"get post"} exec "$HARNESS/run.sh" nginx ours=127.0.0.1:18100 base=127.0.0.1:18106 ;;
-  *) echo "usage: $0 [main|features|bypass|quick|compare]" >&2; exit 2 ;;
+  *) echo "usage: $0 [main|features|log|bypass|quick|compare]" >&2; exit 2 ;;
 esac

@@ -69,7 +69,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(&config.log);
+    let logs = init_logging(&config.log);
     if cli.check {
         println!(
             "config ok: listen {}, strategy {}, {} backend(s): {}",
@@ -109,7 +109,12 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    match runtime.block_on(run(config, path, cli.demo)) {
+    let result = runtime.block_on(run(config, path, cli.demo));
+    // Every log line written (the runtime's last tasks' too) before the
+    // final error, not after it.
+    drop(runtime);
+    drop(logs);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("letta-proxy: {e:#}");
@@ -147,19 +152,30 @@ fn health(url: &str, ca_file: Option<&std::path::Path>, timeout: Duration) -> Ex
     }
 }
 
-fn init_logging(log: &LogConfig) {
+/// Log lines (the access log's one per request among them) are formatted on
+/// the thread that logs and written to stderr by a thread of their own,
+/// through a buffer flushed whenever no line is waiting: one `write` per
+/// burst of lines, not one per line on a runtime thread. Not lossy: a full
+/// queue makes the logger wait, as a slow stderr did before. Lines still
+/// queued are written when the returned guard drops.
+fn init_logging(log: &LogConfig) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log.level))
         .unwrap_or_else(|_| "info".into());
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("letta-proxy-log")
+        .finish(std::io::BufWriter::new(std::io::stderr()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match log.format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init(),
     }
+    guard
 }
 
 async fn run(mut config: Config, path: Option<PathBuf>, demo: bool) -> anyhow::Result<()> {

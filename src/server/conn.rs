@@ -2,23 +2,22 @@
 //! opens with the HTTP/2 preface (h2c, or `h2` negotiated by ALPN), HTTP/1.1
 //! otherwise, and graceful shutdown when the server stops.
 //!
-//! An HTTP/1 keep-alive connection between two requests is *parked*: hyper's
+//! An HTTP/1 keep-alive connection idle for [`LINGER`] is *parked*: hyper's
 //! connection object (its read and write buffers, ≈ 16 KiB) is ended and
 //! dropped, the socket is kept, and a new hyper connection is built when the
 //! client sends again. A parked connection holds its socket, its task and a
 //! few words of state, as an idle nginx connection does. How the idle moment
-//! is recognised, and why no byte is lost or misread, is in
-//! [`super::transport`]; the last safeguard is here: the connection is reused
-//! only when hyper, told to close, ended at once, which it does only while
-//! it considers itself idle (a request still being read or answered makes it
-//! finish that exchange first, and then the socket is closed, not reused).
+//! is recognised is in [`super::transport`]; the last safeguard is here: the
+//! socket is reused only when hyper, told to close, ended at once without
+//! trying to read, which it does only while it considers itself idle. Any
+//! other state (a request body not read to its end) makes it read, drain or
+//! finish first, and then the socket is closed, not reused.
 //!
 //! A parked connection waits at most `server.client_header_timeout` for the
 //! next request, as before, when hyper's header-read timer ran from the moment
 //! a keep-alive connection went idle.
 
-use std::future::poll_fn;
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::pin::pin;
 use std::sync::Arc;
 use std::task::Poll;
@@ -196,10 +195,11 @@ async fn sniff<T: Transport>(io: &mut T) -> std::io::Result<(Bytes, bool)> {
             // Closed before deciding: hyper sees the same bytes and the end.
             return Ok((buf.freeze(), false));
         }
-        if buf[..] != PREFACE[..buf.len()] {
+        let n = buf.len().min(PREFACE.len());
+        if buf[..n] != PREFACE[..n] {
             return Ok((buf.freeze(), false));
         }
-        if buf.len() == PREFACE.len() {
+        if n == PREFACE.len() {
             return Ok((buf.freeze(), true));
         }
     }
