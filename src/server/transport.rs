@@ -108,9 +108,8 @@ impl Activity {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(self.clone())
     }
-}
 
-impl Activity {
+    /// A read of the stream returned, or came back `Pending`.
     fn read(&self, pending: bool) {
         self.read_pending.store(pending, Ordering::Relaxed);
         // Not `fetch_add`: only this connection's task writes it.
