@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{config_for, eventually, standins, TestProxy};
+use support::{config_for, eventually, read_until_quiet, standins, TestProxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -59,19 +59,6 @@ fn dechunk(mut body: &str) -> String {
         body = &rest[size + 2..];
     }
     out
-}
-
-/// Everything the proxy sends until it closes the connection or is quiet for 700 ms.
-async fn rest(conn: &mut TcpStream) -> String {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match tokio::time::timeout(Duration::from_millis(700), conn.read(&mut buf)).await {
-            Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn parked(p: &TestProxy) -> i64 {
@@ -154,7 +141,7 @@ async fn the_unread_rest_of_a_refused_body_is_never_read_as_a_request() {
     // parked an idle connection (100 ms): it must not become a request.
     tokio::time::sleep(Duration::from_millis(400)).await;
     let _ = conn.write_all(smuggled).await;
-    let after = rest(&mut conn).await;
+    let after = read_until_quiet(&mut conn).await;
     assert!(!after.contains("HTTP/1.1"), "a second response: {after}");
     assert!(
         s[0].stats

@@ -6,10 +6,8 @@
 
 mod support;
 
-use std::time::Duration;
-
-use support::{config_for, standins, TestProxy, AGENT};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use support::{config_for, read_until_quiet, standins, TestProxy, AGENT};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// Sends `raw` on a fresh connection and returns everything read until the
@@ -17,15 +15,7 @@ use tokio::net::TcpStream;
 async fn exchange(proxy: &TestProxy, raw: &[u8]) -> String {
     let mut conn = TcpStream::connect(proxy.addr).await.unwrap();
     conn.write_all(raw).await.unwrap();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 16 * 1024];
-    loop {
-        match tokio::time::timeout(Duration::from_millis(700), conn.read(&mut buf)).await {
-            Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    read_until_quiet(&mut conn).await
 }
 
 /// The status codes of every response in `text`, in order.

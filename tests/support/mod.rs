@@ -195,6 +195,21 @@ pub fn sample(text: &str, prefix: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Everything the peer sends on `conn` until it closes the connection or is
+/// quiet for 700 ms, as text.
+pub async fn read_until_quiet(conn: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match tokio::time::timeout(Duration::from_millis(700), conn.read(&mut buf)).await {
+            Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Which backend answered.
 pub fn backend_of(resp: &reqwest::Response) -> String {
     resp.headers()
