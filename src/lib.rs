@@ -20,7 +20,8 @@
 //!   the admin API, `/-/batch`, `/-/stats`, request hygiene, catch-panic, and
 //!   the control plane (apply, reload, purge). Embeddable: nest
 //!   [`Gateway::router`] in an application's router.
-//! - [`observe`]: `ObserveLayer`: classification, metrics, stats window, access log.
+//! - [`observe`]: `ObserveLayer`: classification, metrics, stats window, access
+//!   log; the process's log subscriber and the access line written by hand.
 //! - [`limit`]: `LimitLayer`: the proxy-wide cap, per-agent write ordering,
 //!   write leases across instances.
 //! - [`cache`]: `CacheLayer`: the response cache, in-process and Redis tiers,

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use letta_proxy::config::{BackendConfig, Config, LogConfig, LogFormat, DEFAULT_CONFIG_PATH};
+use letta_proxy::config::{BackendConfig, Config, DEFAULT_CONFIG_PATH};
 use letta_proxy::standin::StandIn;
 use letta_proxy::Gateway;
 
@@ -69,7 +69,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let logs = init_logging(&config.log);
+    let logs = letta_proxy::observe::logs::install(&config.log);
     if cli.check {
         println!(
             "config ok: listen {}, strategy {}, {} backend(s): {}",
@@ -150,32 +150,6 @@ fn health(url: &str, ca_file: Option<&std::path::Path>, timeout: Duration) -> Ex
             ExitCode::FAILURE
         }
     }
-}
-
-/// Log lines (the access log's one per request among them) are formatted on
-/// the thread that logs and written to stderr by a thread of their own,
-/// through a buffer flushed whenever no line is waiting: one `write` per
-/// burst of lines, not one per line on a runtime thread. Not lossy: a full
-/// queue makes the logger wait, as a slow stderr did before. Lines still
-/// queued are written when the returned guard drops.
-fn init_logging(log: &LogConfig) -> tracing_appender::non_blocking::WorkerGuard {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log.level))
-        .unwrap_or_else(|_| "info".into());
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("letta-proxy-log")
-        .finish(std::io::BufWriter::new(std::io::stderr()));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
-    match log.format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
-    }
-    guard
 }
 
 async fn run(mut config: Config, path: Option<PathBuf>, demo: bool) -> anyhow::Result<()> {

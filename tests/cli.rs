@@ -397,3 +397,85 @@ async fn the_demo_commands_show_round_robin_and_a_cache_hit() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// The binary's stderr around one proxied GET, in `format`, with `RUST_LOG`
+/// when given; stopped by SIGTERM (which writes every queued line).
+async fn logs_of_one_request(format: &str, rust_log: Option<&str>) -> String {
+    use std::io::Read;
+    use std::time::{Duration, Instant};
+
+    let backend = letta_proxy::standin::StandIn::start("be1").await.unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let file = write(&format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n[health]\nenabled = false\n\
+         [log]\nformat = \"{format}\"\n[[backends]]\nname = \"be1\"\nurl = \"{}\"\n",
+        backend.url()
+    ));
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_letta-proxy"));
+    cmd.args(["--config", file.path().to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped());
+    if let Some(filter) = rust_log {
+        cmd.env("RUST_LOG", filter);
+    }
+    let mut child = cmd.spawn().unwrap();
+    letta_proxy::tls::install_default_provider();
+    let c = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url =
+        format!("http://127.0.0.1:{port}/v1/agents/agent-00000000-0000-4000-8000-000000000001");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match c.get(&url).send().await {
+            Ok(r) => {
+                assert_eq!(r.status(), 200);
+                r.bytes().await.unwrap();
+                break;
+            }
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(e) => panic!("proxy never came up: {e}"),
+        }
+    }
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    logs
+}
+
+/// The binary writes the access line by hand (`observe::access`); it keeps
+/// the text shape and obeys `RUST_LOG` like any other event.
+#[tokio::test]
+async fn the_binarys_text_access_line_follows_rust_log() {
+    let logs = logs_of_one_request("text", None).await;
+    let line = logs
+        .lines()
+        .find(|l| l.contains(" INFO letta_proxy::access: "))
+        .unwrap_or_else(|| panic!("no access line: {logs}"));
+    assert!(
+        humantime::parse_rfc3339(line.split(' ').next().unwrap()).is_ok(),
+        "{line}"
+    );
+    assert!(
+        line.contains(" method=\"GET\" route=\"/v1/agents/{agent_id}\" status=200 backend=\"be1\"")
+            && line.ends_with(" complete=true"),
+        "{line}"
+    );
+
+    let logs = logs_of_one_request("text", Some("info,letta_proxy::access=off")).await;
+    assert!(logs.contains("letta-proxy listening"), "{logs}");
+    assert!(!logs.contains("letta_proxy::access"), "{logs}");
+}

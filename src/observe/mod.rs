@@ -1,7 +1,8 @@
 //! [`ObserveLayer`]: what is recorded about every forwarded request, wherever
 //! it was answered (a backend, the cache, a limit, the proxy's own error): the
 //! active-requests gauge, the duration histogram, the overall stats window and
-//! the access log line. In tower's layer / service / future shape.
+//! the access log line ([`access`]). In tower's layer / service / future
+//! shape. [`logs`] sets up the process's logs.
 //!
 //! The record is attached to the response body ([`Record`], a body watch) and
 //! written once, when the body ends (a stream counts whole) or is dropped. If
@@ -11,6 +12,8 @@
 //!
 //! The request id is tower-http's (`request_id`): set above this layer, read here.
 
+pub mod access;
+pub mod logs;
 pub mod request_id;
 
 use std::convert::Infallible;
@@ -214,19 +217,17 @@ impl Record {
         let failed = self.status >= 500 || !outcome.complete;
         r.window.record(r.upstreams.now_ns(), elapsed, failed);
         if s.access_log {
-            tracing::info!(
-                target: "letta_proxy::access",
-                request_id = s.request_id.to_str().unwrap_or(""),
-                method = s.method.as_str(),
-                route = s.route,
-                status = self.status,
+            access::log(&access::Line {
+                request_id: s.request_id.to_str().unwrap_or(""),
+                method: s.method.as_str(),
+                route: s.route,
+                status: self.status,
                 backend,
-                cache = self.cache,
-                // Whole microseconds: `1.12` rather than `1.1196089999999999`.
-                duration_ms = elapsed.as_micros() as f64 / 1000.0,
-                bytes = outcome.bytes,
-                complete = outcome.complete,
-            );
+                cache: self.cache,
+                micros: elapsed.as_micros().try_into().unwrap_or(u64::MAX),
+                bytes: outcome.bytes,
+                complete: outcome.complete,
+            });
         }
     }
 }
