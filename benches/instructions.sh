@@ -10,13 +10,15 @@
 #   BASELINE_BIN=/path/to/letta-proxy benches/instructions.sh
 #                                            # this build and another, alternated
 #   ROUNDS=2 CONNS=16 DURATION=5             # the defaults
+#   CACHE=hits benches/instructions.sh       # answers from the in-memory cache instead
 #
-# Each round starts the proxy under callgrind (cache off, no write ordering:
-# the plain proxied path), warms it, zeroes the counters, runs wrk for
-# DURATION seconds and divides the instructions by the requests served.
+# Each round starts the proxy under callgrind (no write ordering; cache off:
+# the plain proxied path, or with CACHE=hits on, every request after the
+# warm-up a hit), warms it, zeroes the counters, runs wrk for DURATION seconds
+# and divides the instructions by the requests served.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
-ROUNDS=${ROUNDS:-2}; CONNS=${CONNS:-16}; DURATION=${DURATION:-5}
+ROUNDS=${ROUNDS:-2}; CONNS=${CONNS:-16}; DURATION=${DURATION:-5}; CACHE=${CACHE:-off}
 install_tools valgrind wrk
 build_backend
 build_proxy
@@ -24,7 +26,12 @@ TMP=$(mktemp -d /tmp/letta-proxy-instructions.XXXX)
 trap stop_pids EXIT
 URL_PATH=/v1/agents/agent-00000000-0000-4000-8000-000000000001
 export BENCH_LUA_DIR=$HARNESS/lua
-ours_config "$TMP/ours.toml" 18110 $'[limits]\nserialize_agent_writes = false\n[cache]\nenabled = false'
+case $CACHE in
+  off) CACHE_ENABLED=false ;;
+  hits) CACHE_ENABLED=true ;;
+  *) echo "CACHE=off or CACHE=hits" >&2; exit 2 ;;
+esac
+ours_config "$TMP/ours.toml" 18110 $'[limits]\nserialize_agent_writes = false\n[cache]\nenabled = '$CACHE_ENABLED
 
 start_backends
 wait_port 18081; wait_port 18082

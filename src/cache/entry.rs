@@ -29,6 +29,12 @@ pub static HIT: HeaderValue = HeaderValue::from_static("HIT");
 pub static MISS: HeaderValue = HeaderValue::from_static("MISS");
 pub static BYPASS: HeaderValue = HeaderValue::from_static("BYPASS");
 
+/// Headers every answer from an entry gets on top of the stored ones
+/// (`x-cache` and `age` here, `x-request-id` by the request-id layer on its
+/// way out): room is kept for them so that the clone an answer starts from
+/// takes them without growing (and so rehashing) its table.
+const ADDED_ON_ANSWER: usize = 3;
+
 /// Distinguishes entries stored under the same key over time (tag index bookkeeping).
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -73,6 +79,8 @@ impl Entry {
         ttl: Duration,
         tags: Vec<Tag>,
     ) -> Entry {
+        let mut headers = headers;
+        headers.reserve(ADDED_ON_ANSWER);
         Entry {
             status,
             headers,
@@ -107,11 +115,10 @@ impl Entry {
     pub fn to_response(&self, x_cache: Option<&HeaderValue>) -> Response<Full> {
         let mut r = Response::new(Full::new(self.body.clone()));
         *r.status_mut() = self.status;
+        // A clone copies the stored map's table as it is: no stored header is
+        // hashed again, as appending each to a new map did.
         let h = r.headers_mut();
-        h.reserve(self.headers.len() + 3);
-        for (k, v) in &self.headers {
-            h.append(k.clone(), v.clone());
-        }
+        *h = self.headers.clone();
         if let Some(x) = x_cache {
             h.insert(X_CACHE.clone(), x.clone());
         }
@@ -154,7 +161,7 @@ impl Entry {
         let stored_at_ms = b.get_u64();
         let ttl = Duration::from_millis(b.get_u64());
         let n = b.get_u16() as usize;
-        let mut headers = HeaderMap::with_capacity(n);
+        let mut headers = HeaderMap::with_capacity(n + ADDED_ON_ANSWER);
         for _ in 0..n {
             let name = take(&mut b, 2)?;
             let value = take(&mut b, 4)?;
