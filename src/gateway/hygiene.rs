@@ -131,6 +131,11 @@ fn header_bytes(headers: &HeaderMap) -> usize {
 /// Refuses paths whose meaning depends on who decodes them.
 pub fn check_path(path: &str) -> Result<(), &'static str> {
     let bytes = path.as_bytes();
+    // Nearly every path holds none of the three bytes every refusal needs:
+    // one scan for them instead of the three checks below.
+    if !bytes.iter().any(|b| matches!(b, b'\\' | b'.' | b'%')) {
+        return Ok(());
+    }
     if bytes.contains(&b'\\') {
         return Err("a backslash in the path");
     }

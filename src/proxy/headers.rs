@@ -133,12 +133,33 @@ pub fn forwarded_https(headers: &HeaderMap) -> bool {
 }
 
 fn format_ip(ip: IpAddr, buf: &mut [u8; 64]) -> &[u8] {
-    use std::io::Write;
-    let mut cursor = std::io::Cursor::new(&mut buf[..]);
-    // An IPv6 address is at most 45 bytes: always fits.
-    let _ = write!(cursor, "{ip}");
-    let n = cursor.position() as usize;
-    &buf[..n]
+    match ip {
+        // The usual client, written without `core::fmt`: its `Display` (each
+        // octet through the formatter) was 2 % of a proxied request's
+        // instructions (benches/instructions.sh).
+        IpAddr::V4(v4) => {
+            let mut n = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[n] = b'.';
+                    n += 1;
+                }
+                let mut digits = itoa::Buffer::new();
+                let d = digits.format(octet).as_bytes();
+                buf[n..n + d.len()].copy_from_slice(d);
+                n += d.len();
+            }
+            &buf[..n]
+        }
+        IpAddr::V6(_) => {
+            use std::io::Write;
+            let mut cursor = std::io::Cursor::new(&mut buf[..]);
+            // An IPv6 address is at most 45 bytes: always fits.
+            let _ = write!(cursor, "{ip}");
+            let n = cursor.position() as usize;
+            &buf[..n]
+        }
+    }
 }
 
 /// The client's side of the proxy, where a redirect must point.
@@ -455,6 +476,23 @@ mod tests {
             let mut h = map(&[("location", loc)]);
             rewrite_location(&mut h, &backend, client);
             assert_eq!(h["location"], want, "{loc}");
+        }
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for ip in [
+            "127.0.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.0.200.9",
+            "::1",
+            "::ffff:192.0.2.1",
+            "2001:db8::8a2e:370:7334",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut buf = [0u8; 64];
+            assert_eq!(format_ip(ip, &mut buf), ip.to_string().as_bytes());
         }
     }
 }
