@@ -11,6 +11,8 @@
 #                                            # this build and another, alternated
 #   ROUNDS=2 CONNS=16 DURATION=5             # the defaults
 #   CACHE=hits benches/instructions.sh       # answers from the in-memory cache instead
+#   FLOOR=1 NGINX=1 benches/instructions.sh  # beside examples/hyper_floor.rs (hyper and
+#                                            # tokio forwarding, nothing else) and nginx
 #
 # Each round starts the proxy under callgrind (no write ordering; cache off:
 # the plain proxied path, or with CACHE=hits on, every request after the
@@ -20,6 +22,7 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 ROUNDS=${ROUNDS:-2}; CONNS=${CONNS:-16}; DURATION=${DURATION:-5}; CACHE=${CACHE:-off}
 install_tools valgrind wrk
+[ -n "${NGINX:-}" ] && install_tools nginx
 build_backend
 build_proxy
 TMP=$(mktemp -d /tmp/letta-proxy-instructions.XXXX)
@@ -36,18 +39,18 @@ ours_config "$TMP/ours.toml" 18110 $'[limits]\nserialize_agent_writes = false\n[
 start_backends
 wait_port 18081; wait_port 18082
 
-# count NAME BIN -> one table row
+# count NAME PORT CMD... -> one table row: CMD, listening on PORT, run under callgrind
 count() {
-  local name=$1 bin=$2 out pid n ir file
+  local name=$1 port=$2 out pid n ir file
+  shift 2
   out=$TMP/$name.$RANDOM
-  taskset -c 1 valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" --config "$TMP/ours.toml" \
-    >/dev/null 2>"$TMP/valgrind.log" &
+  taskset -c 1 valgrind --tool=callgrind --callgrind-out-file="$out" "$@" >/dev/null 2>"$TMP/valgrind.log" &
   pid=$!
-  wait_port 18110 60   # valgrind starts it slowly
-  timeout 60 taskset -c 0 wrk -t1 -c"$CONNS" -d3s "http://127.0.0.1:18110$URL_PATH" >/dev/null
+  wait_port "$port" 60   # valgrind starts it slowly
+  timeout 60 taskset -c 0 wrk -t1 -c"$CONNS" -d3s "http://127.0.0.1:$port$URL_PATH" >/dev/null
   callgrind_control -z "$pid" >/dev/null 2>&1
   n=$(timeout $((DURATION + 30)) taskset -c 0 wrk -t1 -c"$CONNS" -d"${DURATION}s" -s "$BENCH_LUA_DIR/get.lua" \
-      "http://127.0.0.1:18110$URL_PATH" | grep '^JSON:' | cut -c6- \
+      "http://127.0.0.1:$port$URL_PATH" | grep '^JSON:' | cut -c6- \
       | python3 -c 'import json, sys; print(json.load(sys.stdin)["requests"])')
   callgrind_control -d "$pid" >/dev/null 2>&1
   kill "$pid"; wait "$pid" 2>/dev/null || true
@@ -58,9 +61,23 @@ count() {
   echo "| $name | $n | $ir | $((ir / n)) |"
 }
 
+if [ -n "${NGINX:-}" ]; then
+  # The harness's nginx in one process (callgrind follows one): its proxied
+  # server on 18090, its proxy_cache server on 18095 for CACHE=hits.
+  mkdir -p "$TMP/nginx/logs" "$TMP/nginx/tmp"
+  sed 's/^master_process on;/master_process off;/' "$HARNESS/peers/nginx.conf" > "$TMP/nginx.conf"
+  NGINX_PORT=18090; [ "$CACHE" = hits ] && NGINX_PORT=18095
+fi
+if [ -n "${FLOOR:-}" ]; then
+  (cd "$ROOT" && cargo build --release --example hyper_floor)
+  FLOOR_BIN=$ROOT/target/release/examples/hyper_floor
+fi
+
 echo "| build | requests | instructions | instructions/request |"
 echo "|---|---|---|---|"
 for _ in $(seq "$ROUNDS"); do
-  count ours "$BIN"
-  [ -n "${BASELINE_BIN:-}" ] && count base "$BASELINE_BIN"
+  count ours 18110 "$BIN" --config "$TMP/ours.toml"
+  [ -n "${BASELINE_BIN:-}" ] && count base 18110 "$BASELINE_BIN" --config "$TMP/ours.toml"
+  [ -n "${FLOOR:-}" ] && count hyper_floor 18110 "$FLOOR_BIN" --config "$TMP/ours.toml"
+  [ -n "${NGINX:-}" ] && count nginx "$NGINX_PORT" nginx -p "$TMP/nginx" -c "$TMP/nginx.conf"
 done

@@ -1,0 +1,79 @@
+//! The floor under letta-proxy's request path: a reverse proxy that only
+//! forwards, on the libraries letta-proxy is built on (hyper's HTTP/1 server
+//! and client, hyper-util's connection pool, tokio's multi-threaded runtime).
+//! No header rules, hygiene, limits, cache, metrics or log: what a request
+//! costs before any of the proxy's own work. `FLOOR=1 benches/instructions.sh`
+//! counts its instructions per request beside letta-proxy's and nginx's.
+//!
+//! ```text
+//! cargo run --release --example hyper_floor -- --config config/letta-proxy.toml
+//! ```
+//!
+//! Reads `server.listen` and the backends' URLs from the config; round robin.
+//! Not a proxy to deploy: it forwards hop-by-hop headers, has no timeouts and
+//! answers a dead backend with a closed connection.
+
+#![forbid(unsafe_code)]
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use http::uri::{Authority, Parts, Scheme};
+use http::{Request, Uri};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use letta_proxy::config::Config;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let path = args
+        .iter()
+        .position(|a| a == "--config")
+        .and_then(|i| args.get(i + 1))
+        .context("usage: hyper_floor --config FILE")?;
+    let config = Config::load(Some(Path::new(path)), std::iter::empty())?;
+    let backends = config
+        .backends
+        .iter()
+        .map(|b| {
+            let uri: Uri = b.url.parse()?;
+            let parts = uri.into_parts();
+            Ok((
+                parts.scheme.context("a backend URL without a scheme")?,
+                parts.authority.context("a backend URL without a host")?,
+            ))
+        })
+        .collect::<anyhow::Result<Vec<(Scheme, Authority)>>>()?;
+    anyhow::ensure!(!backends.is_empty(), "no backends in the config");
+    let backends: Arc<[(Scheme, Authority)]> = backends.into();
+    let client: Client<HttpConnector, Incoming> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let next = Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind(config.server.listen).await?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        stream.set_nodelay(true)?;
+        let (client, backends, next) = (client.clone(), backends.clone(), next.clone());
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let (scheme, authority) =
+                    &backends[next.fetch_add(1, Ordering::Relaxed) % backends.len()];
+                let (mut head, body) = req.into_parts();
+                let mut target = Parts::default();
+                target.scheme = Some(scheme.clone());
+                target.authority = Some(authority.clone());
+                target.path_and_query = head.uri.path_and_query().cloned();
+                head.uri = Uri::from_parts(target).expect("scheme, authority and path");
+                client.request(Request::from_parts(head, body))
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
