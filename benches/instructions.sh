@@ -12,7 +12,8 @@
 #   ROUNDS=2 CONNS=16 DURATION=5             # the defaults
 #   CACHE=hits benches/instructions.sh       # answers from the in-memory cache instead
 #   FLOOR=1 NGINX=1 benches/instructions.sh  # beside examples/hyper_floor.rs (hyper and
-#                                            # tokio forwarding, nothing else) and nginx
+#                                            # tokio forwarding, nothing else; with CACHE=hits,
+#                                            # answering from memory) and nginx
 #
 # Each round starts the proxy under callgrind (no write ordering; cache off:
 # the plain proxied path, or with CACHE=hits on, every request after the
@@ -23,6 +24,7 @@ source "$(dirname "$0")/common.sh"
 ROUNDS=${ROUNDS:-2}; CONNS=${CONNS:-16}; DURATION=${DURATION:-5}; CACHE=${CACHE:-off}
 install_tools valgrind wrk
 [ -n "${NGINX:-}" ] && install_tools nginx
+[ -n "${FLOOR:-}" ] && install_tools curl
 build_backend
 build_proxy
 TMP=$(mktemp -d /tmp/letta-proxy-instructions.XXXX)
@@ -71,6 +73,7 @@ fi
 if [ -n "${FLOOR:-}" ]; then
   (cd "$ROOT" && cargo build --release --example hyper_floor)
   FLOOR_BIN=$ROOT/target/release/examples/hyper_floor
+  AGENT_BYTES=$(curl -s "http://127.0.0.1:18081$URL_PATH" | wc -c)
 fi
 
 echo "| build | requests | instructions | instructions/request |"
@@ -78,6 +81,12 @@ echo "|---|---|---|---|"
 for _ in $(seq "$ROUNDS"); do
   count ours 18110 "$BIN" --config "$TMP/ours.toml"
   [ -n "${BASELINE_BIN:-}" ] && count base 18110 "$BASELINE_BIN" --config "$TMP/ours.toml"
-  [ -n "${FLOOR:-}" ] && count hyper_floor 18110 "$FLOOR_BIN" --config "$TMP/ours.toml"
+  if [ -n "${FLOOR:-}" ]; then
+    if [ "$CACHE" = hits ]; then # an answer from memory, the size of the stand-in's agent
+      count hyper_floor 18110 "$FLOOR_BIN" --config "$TMP/ours.toml" --static "$AGENT_BYTES"
+    else
+      count hyper_floor 18110 "$FLOOR_BIN" --config "$TMP/ours.toml"
+    fi
+  fi
   [ -n "${NGINX:-}" ] && count nginx "$NGINX_PORT" nginx -p "$TMP/nginx" -c "$TMP/nginx.conf"
 done

@@ -10,6 +10,10 @@
 //! ```
 //!
 //! Reads `server.listen` and the backends' URLs from the config; round robin.
+//! With `--static N` it forwards nothing and answers every request with N
+//! bytes of JSON from memory: the floor under a cache hit
+//! (`FLOOR=1 CACHE=hits benches/instructions.sh`).
+//!
 //! Not a proxy to deploy: it forwards hop-by-hop headers, has no timeouts and
 //! answers a dead backend with a closed connection.
 
@@ -20,8 +24,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
+use bytes::Bytes;
 use http::uri::{Authority, Parts, Scheme};
-use http::{Request, Uri};
+use http::{header, HeaderValue, Request, Response, Uri};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -37,6 +43,11 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|i| args.get(i + 1))
         .context("usage: hyper_floor --config FILE")?;
     let config = Config::load(Some(Path::new(path)), std::iter::empty())?;
+    let listener = tokio::net::TcpListener::bind(config.server.listen).await?;
+    if let Some(i) = args.iter().position(|a| a == "--static") {
+        let size: usize = args.get(i + 1).context("--static N")?.parse()?;
+        return answer_from_memory(listener, size).await;
+    }
     let backends = config
         .backends
         .iter()
@@ -54,7 +65,6 @@ async fn main() -> anyhow::Result<()> {
     let client: Client<HttpConnector, Incoming> =
         Client::builder(TokioExecutor::new()).build_http();
     let next = Arc::new(AtomicUsize::new(0));
-    let listener = tokio::net::TcpListener::bind(config.server.listen).await?;
     loop {
         let (stream, _) = listener.accept().await?;
         stream.set_nodelay(true)?;
@@ -70,6 +80,30 @@ async fn main() -> anyhow::Result<()> {
                 target.path_and_query = head.uri.path_and_query().cloned();
                 head.uri = Uri::from_parts(target).expect("scheme, authority and path");
                 client.request(Request::from_parts(head, body))
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// Every request answered with the same `size` bytes (a JSON string), as a
+/// cache hit is: a shared buffer, a content type, no backend.
+async fn answer_from_memory(listener: tokio::net::TcpListener, size: usize) -> anyhow::Result<()> {
+    let body = Bytes::from(format!("\"{}\"", "x".repeat(size.saturating_sub(2))));
+    loop {
+        let (stream, _) = listener.accept().await?;
+        stream.set_nodelay(true)?;
+        let body = body.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                let mut resp = Response::new(Full::new(body.clone()));
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                std::future::ready(Ok::<_, std::convert::Infallible>(resp))
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
