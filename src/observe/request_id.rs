@@ -28,7 +28,11 @@ pub fn new_request_id() -> HeaderValue {
         out[2 * i] = HEX[(b >> 4) as usize];
         out[2 * i + 1] = HEX[(b & 0xf) as usize];
     }
-    HeaderValue::from_bytes(&out).expect("hex is a valid header value")
+    // Shared from the start: the id is cloned onto the response, the backend's
+    // request and the log record, and a copied buffer would be moved to a
+    // shared one (a second allocation) on its first clone.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(out))
+        .expect("hex is a valid header value")
 }
 
 #[cfg(test)]
