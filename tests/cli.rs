@@ -93,7 +93,6 @@ fn environment_overrides_apply_and_are_validated() {
 /// The real binary: JSON access log without secrets, SIGHUP reload, SIGTERM exit 0.
 #[tokio::test]
 async fn the_binary_logs_reloads_on_sighup_and_exits_cleanly_on_sigterm() {
-    use std::io::Read;
     use std::time::Duration;
 
     let backend = letta_proxy::standin::StandIn::start("be1").await.unwrap();
@@ -109,7 +108,7 @@ async fn the_binary_logs_reloads_on_sighup_and_exits_cleanly_on_sigterm() {
         )
     };
     let file = write(&text("round_robin"));
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_letta-proxy"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_letta-proxy"))
         .args(["--config", file.path().to_str().unwrap()])
         .env_remove("RUST_LOG")
         .stderr(std::process::Stdio::piped())
@@ -158,20 +157,7 @@ async fn the_binary_logs_reloads_on_sighup_and_exits_cleanly_on_sigterm() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(0), "graceful exit");
-    let mut logs = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut logs)
-        .unwrap();
+    let logs = stop_and_read_stderr(child);
     assert!(!logs.contains("sk-top-secret"), "secrets never logged");
     let access: Vec<serde_json::Value> = logs
         .lines()
@@ -401,7 +387,6 @@ async fn the_demo_commands_show_round_robin_and_a_cache_hit() {
 /// The binary's stderr around one proxied GET, in `format`, with `RUST_LOG`
 /// when given; stopped by SIGTERM (which writes every queued line).
 async fn logs_of_one_request(format: &str, rust_log: Option<&str>) -> String {
-    use std::io::Read;
     use std::time::{Duration, Instant};
 
     let backend = letta_proxy::standin::StandIn::start("be1").await.unwrap();
@@ -421,7 +406,7 @@ async fn logs_of_one_request(format: &str, rust_log: Option<&str>) -> String {
     if let Some(filter) = rust_log {
         cmd.env("RUST_LOG", filter);
     }
-    let mut child = cmd.spawn().unwrap();
+    let child = cmd.spawn().unwrap();
     letta_proxy::tls::install_default_provider();
     let c = reqwest::Client::builder().no_proxy().build().unwrap();
     let url =
@@ -440,12 +425,18 @@ async fn logs_of_one_request(format: &str, rust_log: Option<&str>) -> String {
             Err(e) => panic!("proxy never came up: {e}"),
         }
     }
-    assert!(std::process::Command::new("kill")
+    stop_and_read_stderr(child)
+}
+
+/// SIGTERM, a graceful exit (0), and what the process wrote on stderr.
+fn stop_and_read_stderr(mut child: std::process::Child) -> String {
+    use std::io::Read;
+    assert!(Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap()
         .success());
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(child.wait().unwrap().code(), Some(0), "graceful exit");
     let mut logs = String::new();
     child
         .stderr

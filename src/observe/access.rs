@@ -96,27 +96,18 @@ pub fn event(line: &Line<'_>) {
 /// `<time>  INFO letta_proxy::access: request_id="…" method="GET" … complete=true`.
 pub fn text(buf: &mut Vec<u8>, now: SystemTime, line: &Line<'_>) {
     timestamp(buf, now);
-    buf.extend_from_slice(b"  INFO letta_proxy::access: request_id=");
-    debug_str(buf, line.request_id);
-    buf.extend_from_slice(b" method=");
-    debug_str(buf, line.method);
-    buf.extend_from_slice(b" route=");
-    debug_str(buf, line.route);
-    buf.extend_from_slice(b" status=");
-    integer(buf, line.status);
-    buf.extend_from_slice(b" backend=");
-    debug_str(buf, line.backend);
-    buf.extend_from_slice(b" cache=");
-    debug_str(buf, line.cache);
-    buf.extend_from_slice(b" duration_ms=");
-    millis(buf, line.micros);
-    buf.extend_from_slice(b" bytes=");
-    integer(buf, line.bytes);
-    buf.extend_from_slice(if line.complete {
-        b" complete=true\n"
-    } else {
-        b" complete=false\n"
-    });
+    buf.extend_from_slice(b"  INFO letta_proxy::access:");
+    fields(
+        buf,
+        line,
+        |buf, name| {
+            buf.push(b' ');
+            buf.extend_from_slice(name.as_bytes());
+            buf.push(b'=');
+        },
+        debug_str,
+    );
+    buf.push(b'\n');
 }
 
 /// `tracing-subscriber`'s JSON format with the event's fields flattened:
@@ -124,27 +115,46 @@ pub fn text(buf: &mut Vec<u8>, now: SystemTime, line: &Line<'_>) {
 pub fn json(buf: &mut Vec<u8>, now: SystemTime, line: &Line<'_>) {
     buf.extend_from_slice(b"{\"timestamp\":\"");
     timestamp(buf, now);
-    buf.extend_from_slice(b"\",\"level\":\"INFO\",\"request_id\":");
-    json_str(buf, line.request_id);
-    buf.extend_from_slice(b",\"method\":");
-    json_str(buf, line.method);
-    buf.extend_from_slice(b",\"route\":");
-    json_str(buf, line.route);
-    buf.extend_from_slice(b",\"status\":");
+    buf.extend_from_slice(b"\",\"level\":\"INFO\"");
+    fields(
+        buf,
+        line,
+        |buf, name| {
+            buf.extend_from_slice(b",\"");
+            buf.extend_from_slice(name.as_bytes());
+            buf.extend_from_slice(b"\":");
+        },
+        json_str,
+    );
+    buf.extend_from_slice(b",\"target\":\"letta_proxy::access\"}\n");
+}
+
+/// The event's fields in its order, each after `key(name)`; strings by `string`,
+/// numbers and booleans as both shapes write them.
+fn fields(
+    buf: &mut Vec<u8>,
+    line: &Line<'_>,
+    key: impl Fn(&mut Vec<u8>, &str),
+    string: impl Fn(&mut Vec<u8>, &str),
+) {
+    key(buf, "request_id");
+    string(buf, line.request_id);
+    key(buf, "method");
+    string(buf, line.method);
+    key(buf, "route");
+    string(buf, line.route);
+    key(buf, "status");
     integer(buf, line.status);
-    buf.extend_from_slice(b",\"backend\":");
-    json_str(buf, line.backend);
-    buf.extend_from_slice(b",\"cache\":");
-    json_str(buf, line.cache);
-    buf.extend_from_slice(b",\"duration_ms\":");
+    key(buf, "backend");
+    string(buf, line.backend);
+    key(buf, "cache");
+    string(buf, line.cache);
+    key(buf, "duration_ms");
     millis(buf, line.micros);
-    buf.extend_from_slice(b",\"bytes\":");
+    key(buf, "bytes");
     integer(buf, line.bytes);
-    buf.extend_from_slice(if line.complete {
-        b",\"complete\":true,\"target\":\"letta_proxy::access\"}\n"
-    } else {
-        b",\"complete\":false,\"target\":\"letta_proxy::access\"}\n"
-    });
+    key(buf, "complete");
+    buf.extend_from_slice(if line.complete { b"true" } else { b"false" });
 }
 
 /// RFC 3339 in UTC with microseconds, as `tracing-subscriber`'s default timer:
