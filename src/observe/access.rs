@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::LogFormat;
 
-/// The target every access line is logged under.
+/// The target every access line is logged under (the hand-written shapes spell it out too).
 pub const TARGET: &str = "letta_proxy::access";
 
 /// What one access line says.
@@ -62,7 +62,7 @@ pub fn install(sink: Sink) {
 pub fn log(line: &Line<'_>) {
     match SINK.get() {
         Some(sink) => {
-            if tracing::enabled!(target: "letta_proxy::access", tracing::Level::INFO) {
+            if tracing::enabled!(target: TARGET, tracing::Level::INFO) {
                 let mut buf = Vec::with_capacity(320);
                 match sink.format {
                     LogFormat::Text => text(&mut buf, SystemTime::now(), line),
@@ -78,7 +78,7 @@ pub fn log(line: &Line<'_>) {
 /// The line as a `tracing` event: what the hand-written forms reproduce.
 pub fn event(line: &Line<'_>) {
     tracing::info!(
-        target: "letta_proxy::access",
+        target: TARGET,
         request_id = line.request_id,
         method = line.method,
         route = line.route,
