@@ -108,15 +108,7 @@ fn stack(c: &mut Criterion) {
         http::header::COOKIE,
     ])
     .layer(observe.clone());
-    let ids = tower::ServiceBuilder::new()
-        .layer(tower_http::request_id::SetRequestIdLayer::new(
-            letta_proxy::observe::request_id::REQUEST_ID.clone(),
-            letta_proxy::observe::request_id::RandomId,
-        ))
-        .layer(tower_http::request_id::PropagateRequestIdLayer::new(
-            letta_proxy::observe::request_id::REQUEST_ID.clone(),
-        ))
-        .service(sensitive.clone());
+    let ids = letta_proxy::observe::request_id::RequestIdLayer.layer(sensitive.clone());
     let hygienic =
         letta_proxy::gateway::hygiene::HygieneLayer::new(shared.clone()).layer(ids.clone());
     let caught = letta_proxy::gateway::panic::CatchPanicLayer.layer(hygienic.clone());

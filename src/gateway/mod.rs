@@ -9,7 +9,7 @@
 //! ```text
 //! CatchPanicLayer           a panic answers 500 for that request, nothing else ([`panic`])
 //! HygieneLayer              refusal of requests Letta could read differently ([`hygiene`])
-//! request id (tower-http)   x-request-id kept or generated, returned
+//! RequestIdLayer            x-request-id kept or generated, returned
 //! sensitive headers         credentials marked so no log prints them
 //! ObserveLayer              classification, metrics, stats window, access log, 499
 //! LimitLayer                proxy-wide cap, per-agent / per-block write ordering

@@ -16,7 +16,6 @@ use http::{HeaderName, Request, Response};
 use http_body::Body;
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
-use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
 use super::front::{Front, Switch};
@@ -25,7 +24,7 @@ use super::panic::CatchPanicLayer;
 use super::{batch, endpoints, Gateway, Parts};
 use crate::body::{BoxError, Full, InboundBody};
 use crate::limit::LimitLayer;
-use crate::observe::request_id::{RandomId, REQUEST_ID};
+use crate::observe::request_id::RequestIdLayer;
 use crate::observe::ObserveLayer;
 
 /// The stack boxed once, for `/-/batch` sub-requests (the router's fallback
@@ -123,8 +122,7 @@ where
     ServiceBuilder::new()
         .layer(CatchPanicLayer)
         .layer(HygieneLayer::new(p.config.clone()))
-        .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), RandomId))
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
+        .layer(RequestIdLayer)
         .layer(SetSensitiveRequestHeadersLayer::new(credentials()))
         .layer(ObserveLayer::new(p.recorder.clone()))
         .layer(LimitLayer::new(p.limits.clone()))

@@ -10,7 +10,7 @@
 //! "client closed request". This is also where a request is classified once
 //! ([`Classified`], in the request's extensions) for every layer below.
 //!
-//! The request id is tower-http's (`request_id`): set above this layer, read here.
+//! The request id is set above this layer ([`request_id::RequestIdLayer`]) and read here.
 
 pub mod access;
 pub mod logs;
