@@ -74,12 +74,11 @@ pub fn kept_headers(h: &HeaderMap) -> HeaderMap {
 impl Entry {
     pub fn new(
         status: StatusCode,
-        headers: HeaderMap,
+        mut headers: HeaderMap,
         body: Bytes,
         ttl: Duration,
         tags: Vec<Tag>,
     ) -> Entry {
-        let mut headers = headers;
         headers.reserve(ADDED_ON_ANSWER);
         Entry {
             status,

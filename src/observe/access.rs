@@ -64,9 +64,10 @@ pub fn log(line: &Line<'_>) {
         Some(sink) => {
             if tracing::enabled!(target: TARGET, tracing::Level::INFO) {
                 let mut buf = Vec::with_capacity(320);
+                let now = SystemTime::now();
                 match sink.format {
-                    LogFormat::Text => text(&mut buf, SystemTime::now(), line),
-                    LogFormat::Json => json(&mut buf, SystemTime::now(), line),
+                    LogFormat::Text => text(&mut buf, now, line),
+                    LogFormat::Json => json(&mut buf, now, line),
                 }
                 (sink.write)(&buf);
             }
@@ -221,32 +222,32 @@ fn millis(buf: &mut Vec<u8>, micros: u64) {
     buf.extend_from_slice(&digits[..len]);
 }
 
-/// Printable ASCII that neither `Debug` nor JSON escapes: copied as is.
-fn plain(s: &str) -> bool {
-    s.bytes()
+/// `s` in quotes, copied as is when it is printable ASCII that neither
+/// `Debug` nor JSON escapes, else as `escaped` writes it (quotes included).
+fn quoted(buf: &mut Vec<u8>, s: &str, escaped: impl FnOnce(&mut Vec<u8>, &str)) {
+    if s.bytes()
         .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
+    {
+        buf.push(b'"');
+        buf.extend_from_slice(s.as_bytes());
+        buf.push(b'"');
+    } else {
+        escaped(buf, s);
+    }
 }
 
 /// `s` as `<str as Debug>` prints it (how `tracing-subscriber` prints a string field).
 fn debug_str(buf: &mut Vec<u8>, s: &str) {
-    if plain(s) {
-        buf.push(b'"');
-        buf.extend_from_slice(s.as_bytes());
-        buf.push(b'"');
-    } else {
+    quoted(buf, s, |buf, s| {
         let _ = write!(buf, "{s:?}");
-    }
+    });
 }
 
 /// `s` as `serde_json` writes a string.
 fn json_str(buf: &mut Vec<u8>, s: &str) {
-    if plain(s) {
-        buf.push(b'"');
-        buf.extend_from_slice(s.as_bytes());
-        buf.push(b'"');
-    } else {
+    quoted(buf, s, |buf, s| {
         let _ = serde_json::to_writer(&mut *buf, s);
-    }
+    });
 }
 
 #[cfg(test)]
