@@ -96,10 +96,7 @@ async fn the_binary_logs_reloads_on_sighup_and_exits_cleanly_on_sigterm() {
     use std::time::Duration;
 
     let backend = letta_proxy::standin::StandIn::start("be1").await.unwrap();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let text = |strategy: &str| {
         format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\n[balancer]\nstrategy = \"{strategy}\"\n[health]\nenabled = false\n\
@@ -120,21 +117,7 @@ async fn the_binary_logs_reloads_on_sighup_and_exits_cleanly_on_sigterm() {
     let c = reqwest::Client::builder().no_proxy().build().unwrap();
     let url =
         format!("http://127.0.0.1:{port}/v1/agents/agent-00000000-0000-4000-8000-000000000001");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let resp = loop {
-        match c
-            .get(&url)
-            .header("authorization", "Bearer sk-top-secret")
-            .send()
-            .await
-        {
-            Ok(r) => break r,
-            Err(_) if std::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(20)).await
-            }
-            Err(e) => panic!("proxy never came up: {e}"),
-        }
-    };
+    let resp = first_answer(|| c.get(&url).header("authorization", "Bearer sk-top-secret")).await;
     assert_eq!(resp.status(), 200);
     resp.bytes().await.unwrap();
     std::fs::write(file.path(), text("random")).unwrap();
@@ -387,13 +370,8 @@ async fn the_demo_commands_show_round_robin_and_a_cache_hit() {
 /// The binary's stderr around one proxied GET, in `format`, with `RUST_LOG`
 /// when given; stopped by SIGTERM (which writes every queued line).
 async fn logs_of_one_request(format: &str, rust_log: Option<&str>) -> String {
-    use std::time::{Duration, Instant};
-
     let backend = letta_proxy::standin::StandIn::start("be1").await.unwrap();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let file = write(&format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\n[health]\nenabled = false\n\
          [log]\nformat = \"{format}\"\n[[backends]]\nname = \"be1\"\nurl = \"{}\"\n",
@@ -411,21 +389,32 @@ async fn logs_of_one_request(format: &str, rust_log: Option<&str>) -> String {
     let c = reqwest::Client::builder().no_proxy().build().unwrap();
     let url =
         format!("http://127.0.0.1:{port}/v1/agents/agent-00000000-0000-4000-8000-000000000001");
+    let resp = first_answer(|| c.get(&url)).await;
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap();
+    stop_and_read_stderr(child)
+}
+
+/// A port nothing listens on at the moment, for the binary to bind.
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// The answer to `request` once the binary listens: sent again every 20 ms
+/// while the connection is refused, for at most 20 s.
+async fn first_answer(request: impl Fn() -> reqwest::RequestBuilder) -> reqwest::Response {
+    use std::time::{Duration, Instant};
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        match c.get(&url).send().await {
-            Ok(r) => {
-                assert_eq!(r.status(), 200);
-                r.bytes().await.unwrap();
-                break;
-            }
+        match request().send().await {
+            Ok(r) => return r,
             Err(_) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(20)).await
             }
             Err(e) => panic!("proxy never came up: {e}"),
         }
     }
-    stop_and_read_stderr(child)
 }
 
 /// SIGTERM, a graceful exit (0), and what the process wrote on stderr.
