@@ -72,7 +72,7 @@ if [ -n "${NGINX:-}" ]; then
 fi
 if [ -n "${FLOOR:-}" ]; then
   (cd "$ROOT" && cargo build --release --example hyper_floor)
-  FLOOR_BIN=$ROOT/target/release/examples/hyper_floor
+  FLOOR_BIN=$TARGET_DIR/release/examples/hyper_floor
   AGENT_BYTES=$(curl -s "http://127.0.0.1:18081$URL_PATH" | wc -c)
 fi
 

@@ -4,6 +4,8 @@
 #
 #   benches/memory.sh            # N = 1,000 and 10,000 (~3 min)
 #   benches/memory.sh quick      # N = 1,000 only (~1 min)
+#   FLOOR=1 benches/memory.sh    # also examples/hyper_floor.rs: a forwarder on hyper and
+#                                # nothing else, the floor under our memory on hyper
 #
 # Uses the harness's backends and nginx config (benches/harness); every measurement
 # starts a fresh proxy process, pinned like benches/load.sh.
@@ -24,6 +26,13 @@ TMP=$(mktemp -d /tmp/letta-proxy-memory.XXXX)
 trap stop_pids EXIT
 
 ours_config "$TMP/ours.toml" 18100 $'[cache]\nenabled = false'
+TARGETS="nginx ours"
+if [ -n "${FLOOR:-}" ]; then
+  (cd "$ROOT" && cargo build --release --example hyper_floor)
+  FLOOR_BIN=$TARGET_DIR/release/examples/hyper_floor
+  ours_config "$TMP/floor.toml" 18110
+  TARGETS="$TARGETS hyper_floor"
+fi
 mkdir -p "$TMP/nginx/logs" "$TMP/nginx/tmp"
 
 start_backends
@@ -35,6 +44,8 @@ start() {
   case $1 in
     ours) LETTA_PROXY__SERVER__MAX_CONNECTIONS=20000 taskset -c 1 "$BIN" --config "$TMP/ours.toml" >/dev/null 2>&1 &
           PID=$!; PIDS+=($PID); PORT=18100 ;;
+    hyper_floor) taskset -c 1 "$FLOOR_BIN" --config "$TMP/floor.toml" >/dev/null 2>&1 &
+          PID=$!; PIDS+=($PID); PORT=18110 ;;
     nginx) taskset -c 1 nginx -p "$TMP/nginx" -c "$HARNESS/peers/nginx.conf" >/dev/null 2>&1 & PIDS+=($!); PORT=18090
            wait_port $PORT; PID=$(pgrep -P "$(cat "$TMP/nginx/nginx.pid")" -f "nginx: worker" | head -1) ;;
   esac
@@ -45,7 +56,7 @@ stop() { if [ "$1" = nginx ]; then nginx -p "$TMP/nginx" -c "$HARNESS/peers/ngin
 echo "| target | connections | RSS idle MiB | RSS holding N idle connections MiB | per connection KiB | RSS busy (wrk, N connections) MiB |"
 echo "|---|---|---|---|---|---|"
 for n in $COUNTS; do
-  for t in nginx ours; do
+  for t in $TARGETS; do
     start $t
     idle=$(rss "$PID")
     held=$(python3 "$ROOT/benches/memory.py" $PORT "$n" "$PID")
