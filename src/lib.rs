@@ -30,8 +30,9 @@
 //!   attempts, the retry rule) and streams the answer back.
 //! - [`health`]: the active prober feeding the backends' health verdicts.
 //! - [`backend`]: the live backend set, swapped atomically; per backend its
-//!   connection pool (plain or TLS, HTTP/1.1 or HTTP/2), in-flight slots and
-//!   their wait queue, health verdicts, its share of the cap.
+//!   connection pool (plain or TLS, HTTP/1.1 or HTTP/2; an idle plain one
+//!   parked to its socket), in-flight slots and their wait queue, health
+//!   verdicts, its share of the cap.
 //! - [`stats`]: the `/-/stats` document and the sliding windows behind it.
 //! - [`coord`]: coordination between proxy instances sharing a Redis: write
 //!   leases (ordering across instances), the instance registry and each

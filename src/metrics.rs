@@ -44,6 +44,7 @@ pub struct Metrics {
     pub write_wait: Histogram,
     selections: IntCounterVec,
     backend_healthy: IntGaugeVec,
+    backend_idle: IntGaugeVec,
     /// `letta_proxy_config_reloads_total{result}`.
     pub reloads: IntCounterVec,
     /// `letta_proxy_config_last_reload_success_timestamp_seconds`.
@@ -217,6 +218,12 @@ impl Metrics {
                 "1 when the backend takes traffic (up by probes and not ejected), else 0.",
                 &["backend"],
             ),
+            backend_idle: gauge_vec(
+                &r,
+                "letta_proxy_backend_idle_connections",
+                "Idle keep-alive connections to the backend: live (with their buffers) or parked (the socket only).",
+                &["backend", "state"],
+            ),
             reloads,
             last_reload_success: register(
                 &r,
@@ -243,6 +250,17 @@ impl Metrics {
         self.backend_healthy
             .with_label_values(&[backend])
             .set(i64::from(up));
+    }
+
+    /// Sets `letta_proxy_backend_idle_connections` of `backend` (refreshed on each scrape).
+    pub fn set_backend_idle(&self, backend: &str, (live, parked): (usize, usize)) {
+        let set = |state: &str, n: usize| {
+            self.backend_idle
+                .with_label_values(&[backend, state])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        };
+        set("live", live);
+        set("parked", parked);
     }
 
     /// The selection counter of `backend` under `strategy`.

@@ -6,7 +6,8 @@
 //! once. A backend that survives a reload is the same `Arc<Backend>` in the new set,
 //! so it keeps its counters and its connection pool.
 //!
-//! A backend owns what describes it: its connection [`pool`], its active-health
+//! A backend owns what describes it: its connection [`pool`] (idle connections
+//! wait in `idle`, parked to their socket when plain), its active-health
 //! verdict ([`health_state`], fed by the prober in `crate::health`), its
 //! passive-health state ([`outlier`], fed by real traffic), and the [`queue`] of
 //! requests waiting for a slot when every backend is at its cap.
@@ -21,6 +22,7 @@
 
 mod guard;
 pub mod health_state;
+mod idle;
 pub mod outlier;
 pub mod pool;
 pub mod queue;

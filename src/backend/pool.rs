@@ -11,13 +11,13 @@
 //! timed-out connect — TCP or TLS — leaves the request untouched for the next
 //! backend, whatever its method.
 //!
-//! The HTTP/1.1 idle stack is LIFO (the warmest connection first); closed and
-//! expired connections are dropped when met. An HTTP/2 connection multiplexes:
-//! every request shares it until it closes.
+//! Idle HTTP/1.1 connections wait in [`super::idle`] (warmest first; a plain
+//! one idle for a while keeps only its socket). An HTTP/2 connection
+//! multiplexes: every request shares it until it closes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use http::header::{self, HeaderValue};
@@ -29,6 +29,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use super::idle::{Idle, Taken, H1};
 use crate::body::slot::RequestBody;
 use crate::config::BackendUrl;
 use crate::tls::{BackendTls, TlsConnectError};
@@ -78,7 +79,7 @@ impl ConnectError {
 
 /// The connections of one backend.
 pub struct Pool {
-    idle: Mutex<Vec<Idle>>,
+    idle: Arc<Idle>,
     /// The shared HTTP/2 connection, once one was negotiated.
     h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
     /// How to speak TLS to the backend (`https://`); swapped by a reload, so
@@ -89,13 +90,8 @@ pub struct Pool {
     pub opened: AtomicU64,
 }
 
-struct Idle {
-    sender: http1::SendRequest<RequestBody>,
-    since: Instant,
-}
-
 enum Sender {
-    H1(http1::SendRequest<RequestBody>),
+    H1(H1),
     H2(http2::SendRequest<RequestBody>),
 }
 
@@ -113,7 +109,7 @@ impl Pool {
     /// A pool for a plain `http://` backend, or an `https://` one with `tls`.
     pub fn new(config: PoolConfig, tls: Option<Result<BackendTls, String>>) -> Arc<Pool> {
         Arc::new(Pool {
-            idle: Mutex::new(Vec::new()),
+            idle: Idle::new(config.idle_timeout, config.max_idle),
             h2: Mutex::new(None),
             tls: ArcSwapOption::from(tls.map(Arc::new)),
             config,
@@ -128,8 +124,20 @@ impl Pool {
 
     /// An idle (or the shared HTTP/2) connection if one is alive, else a new one to `url`.
     pub async fn checkout(self: &Arc<Self>, url: &BackendUrl) -> Result<Pooled, ConnectError> {
-        if let Some(sender) = self.take_idle() {
-            return Ok(self.pooled(sender, true));
+        if let Some(h2) = self.live_h2() {
+            return Ok(self.pooled(Sender::H2(h2), true));
+        }
+        match self.idle.take() {
+            Some(Taken::Live(c)) => return Ok(self.pooled(Sender::H1(c), true)),
+            // Building hyper's connection sends nothing: a socket the backend
+            // closes meanwhile is found, like a live one, when the request
+            // could not be written, and the request goes on a new connection.
+            Some(Taken::Parked(socket)) => {
+                if let Ok(c) = self.idle.handshake(socket).await {
+                    return Ok(self.pooled(Sender::H1(c), true));
+                }
+            }
+            None => {}
         }
         self.connect(url).await
     }
@@ -158,7 +166,8 @@ impl Pool {
         stream.set_nodelay(true)?;
         let tls = self.tls.load_full();
         let Some(tls) = tls.as_deref() else {
-            return handshake_h1(stream).await;
+            let c = self.idle.handshake(stream).await;
+            return Ok(Sender::H1(c.map_err(ConnectError::Handshake)?));
         };
         let tls = tls
             .as_ref()
@@ -189,38 +198,14 @@ impl Pool {
         }
     }
 
-    fn take_idle(&self) -> Option<Sender> {
-        if let Some(h2) = self.h2.lock().expect("pool lock poisoned").as_ref() {
-            if !h2.is_closed() {
-                return Some(Sender::H2(h2.clone()));
-            }
-        }
-        let mut idle = self.idle.lock().expect("pool lock poisoned");
-        while let Some(c) = idle.pop() {
-            if !c.sender.is_closed() && c.since.elapsed() < self.config.idle_timeout {
-                return Some(Sender::H1(c.sender));
-            }
-        }
-        None
+    fn live_h2(&self) -> Option<http2::SendRequest<RequestBody>> {
+        let h2 = self.h2.lock().expect("pool lock poisoned");
+        h2.as_ref().filter(|h2| !h2.is_closed()).cloned()
     }
 
-    fn put_back(&self, sender: http1::SendRequest<RequestBody>) {
-        if sender.is_closed() {
-            return;
-        }
-        let now = Instant::now();
-        let mut idle = self.idle.lock().expect("pool lock poisoned");
-        // The oldest sit at the bottom: drop the expired ones while we are here.
-        let expired = idle
-            .iter()
-            .take_while(|c| {
-                now.duration_since(c.since) >= self.config.idle_timeout || c.sender.is_closed()
-            })
-            .count();
-        idle.drain(..expired);
-        if idle.len() < self.config.max_idle {
-            idle.push(Idle { sender, since: now });
-        }
+    /// Idle HTTP/1.1 connections: live (with hyper's connection) and parked.
+    pub fn idle_counts(&self) -> (usize, usize) {
+        self.idle.counts()
     }
 }
 
@@ -265,6 +250,7 @@ pub fn fit_to_connection(req: &mut Request<RequestBody>, url: &BackendUrl, h2: b
     }
 }
 
+/// A TLS connection's HTTP/1.1 (never parked: see [`super::idle`]).
 async fn handshake_h1<IO>(io: IO) -> Result<Sender, ConnectError>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -278,14 +264,14 @@ where
             tracing::debug!(error = %e, "upstream connection ended with an error");
         }
     });
-    Ok(Sender::H1(sender))
+    Ok(Sender::H1(H1::live(sender)))
 }
 
 impl Pooled {
     /// Waits until the connection can take a request; an error means it closed.
     pub async fn ready(&mut self) -> Result<(), hyper::Error> {
         match self.sender.as_mut().expect("sender present until released") {
-            Sender::H1(s) => s.ready().await,
+            Sender::H1(c) => c.sender.ready().await,
             Sender::H2(s) => s.ready().await,
         }
     }
@@ -296,7 +282,7 @@ impl Pooled {
         req: Request<RequestBody>,
     ) -> Result<Response<Incoming>, TrySendError<Request<RequestBody>>> {
         match self.sender.as_mut().expect("sender present until released") {
-            Sender::H1(s) => s.try_send_request(req).await,
+            Sender::H1(c) => c.sender.try_send_request(req).await,
             Sender::H2(s) => s.try_send_request(req).await,
         }
     }
@@ -309,8 +295,8 @@ impl Pooled {
     /// Returns the connection to the pool: its last response ended cleanly.
     /// (An HTTP/2 connection is shared and stays where it is.)
     pub fn release(mut self) {
-        if let Some(Sender::H1(sender)) = self.sender.take() {
-            self.pool.put_back(sender);
+        if let Some(Sender::H1(c)) = self.sender.take() {
+            self.pool.idle.put(c);
         }
     }
 }

@@ -23,6 +23,7 @@ pub(super) async fn metrics(State(g): State<Gateway>, req: Request) -> Response 
     let now = upstreams.now_ns();
     for b in upstreams.load().backends.iter() {
         g.metrics().set_backend_healthy(&b.name, b.is_usable(now));
+        g.metrics().set_backend_idle(&b.name, b.pool.idle_counts());
     }
     (
         [(
