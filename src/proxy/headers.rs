@@ -11,7 +11,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::BackendUrl;
 /// `x-letta-proxy-backend`: which replica answered.
@@ -89,35 +89,41 @@ pub fn add_forwarded(
     host: Option<&HeaderValue>,
     over_tls: bool,
 ) {
+    // One lookup per header (`entry`), not a look then an insert.
     if let Some(client_ip) = client_ip {
         let mut ip_buf = [0u8; 64];
         let ip = format_ip(client_ip, &mut ip_buf);
-        // Every earlier hop, from every `X-Forwarded-For` line in order (a
-        // repeated header is one comma-separated list, RFC 9110 §5.3), then ours.
-        let xff = if headers.contains_key(&X_FORWARDED_FOR) {
-            let mut v = Vec::with_capacity(64);
-            for prev in headers.get_all(&X_FORWARDED_FOR) {
-                if !prev.is_empty() {
-                    v.extend_from_slice(prev.as_bytes());
-                    v.extend_from_slice(b", ");
+        match headers.entry(&X_FORWARDED_FOR) {
+            // Every earlier hop, from every `X-Forwarded-For` line in order (a
+            // repeated header is one comma-separated list, RFC 9110 §5.3), then ours.
+            Entry::Occupied(mut earlier) => {
+                let mut v = Vec::with_capacity(64);
+                for prev in earlier.iter() {
+                    if !prev.is_empty() {
+                        v.extend_from_slice(prev.as_bytes());
+                        v.extend_from_slice(b", ");
+                    }
+                }
+                v.extend_from_slice(ip);
+                if let Ok(xff) = HeaderValue::from_bytes(&v) {
+                    // Replaces every earlier line with the one list.
+                    earlier.insert(xff);
                 }
             }
-            v.extend_from_slice(ip);
-            HeaderValue::from_bytes(&v)
-        } else {
-            HeaderValue::from_bytes(ip)
-        };
-        if let Ok(xff) = xff {
-            headers.insert(X_FORWARDED_FOR.clone(), xff);
+            Entry::Vacant(none) => {
+                if let Ok(xff) = HeaderValue::from_bytes(ip) {
+                    none.insert(xff);
+                }
+            }
         }
     }
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
+    if let Entry::Vacant(none) = headers.entry(&X_FORWARDED_PROTO) {
         let proto = if over_tls { "https" } else { "http" };
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+        none.insert(HeaderValue::from_static(proto));
     }
     if let Some(host) = host {
-        if !headers.contains_key(&X_FORWARDED_HOST) {
-            headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+        if let Entry::Vacant(none) = headers.entry(&X_FORWARDED_HOST) {
+            none.insert(host.clone());
         }
     }
 }
