@@ -216,47 +216,27 @@ async fn proxy_namespace_is_never_forwarded() {
 /// and closes the connection when a second one arrives, unanswered: what a
 /// probe meets when uvicorn drops an idle connection just as it is reused.
 async fn closes_reused_connections() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
-    tokio::spawn(async move {
-        loop {
-            let (mut sock, _) = listener.accept().await.unwrap();
-            count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match sock.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                sock.write_all(ok).await.unwrap();
-                // The next request on this connection: read it, answer nothing.
-                let _ = sock.read(&mut buf).await;
-            });
+    raw_backend(|mut sock| async move {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match sock.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
         }
-    });
-    (addr, accepted)
+        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        sock.write_all(ok).await.unwrap();
+        // The next request on this connection: read it, answer nothing.
+        let _ = sock.read(&mut buf).await;
+    })
+    .await
 }
 
 #[tokio::test]
 async fn a_probe_on_a_connection_the_backend_just_closed_tries_a_fresh_one() {
     let (addr, accepted) = closes_reused_connections().await;
-    let mut cfg = letta_proxy::Config {
-        backends: vec![letta_proxy::config::BackendConfig::new(
-            "flaky",
-            format!("http://{addr}"),
-        )],
-        ..Default::default()
-    };
-    cfg.health.enabled = false;
-    let upstreams =
-        letta_proxy::backend::Upstreams::new(&cfg, letta_proxy::metrics::Metrics::new());
-    let backend = upstreams.load().backends[0].clone();
+    let backend = backend_at("flaky", addr);
     for round in 1..=3 {
         assert!(
             letta_proxy::health::probe(&backend, "/v1/health/", Duration::from_secs(5)).await,

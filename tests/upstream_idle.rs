@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use letta_proxy::backend::{Backend, Upstreams};
-use support::eventually;
+use letta_proxy::backend::Backend;
+use support::{backend_at, eventually, raw_backend};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 
@@ -18,49 +18,28 @@ use tokio::sync::Notify;
 /// `ok`, counts the connections it accepted, and closes every open one when
 /// `close` is notified.
 async fn backend(close: Arc<Notify>) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
-    tokio::spawn(async move {
-        loop {
-            let (mut sock, _) = listener.accept().await.unwrap();
-            count.fetch_add(1, Ordering::SeqCst);
-            let close = close.clone();
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                loop {
-                    tokio::select! {
-                        read = sock.read(&mut buf) => match read {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        },
-                        _ = close.notified() => return,
-                    }
-                    if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
-                        head.drain(..end + 4);
-                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                        sock.write_all(ok).await.unwrap();
-                    }
+    raw_backend(move |mut sock| {
+        let close = close.clone();
+        async move {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            loop {
+                tokio::select! {
+                    read = sock.read(&mut buf) => match read {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    },
+                    _ = close.notified() => return,
                 }
-            });
+                if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                    head.drain(..end + 4);
+                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    sock.write_all(ok).await.unwrap();
+                }
+            }
         }
-    });
-    (addr, accepted)
-}
-
-fn upstream(addr: std::net::SocketAddr) -> Arc<Backend> {
-    let mut cfg = letta_proxy::Config {
-        backends: vec![letta_proxy::config::BackendConfig::new(
-            "plain",
-            format!("http://{addr}"),
-        )],
-        ..Default::default()
-    };
-    cfg.health.enabled = false;
-    let upstreams = Upstreams::new(&cfg, letta_proxy::metrics::Metrics::new());
-    upstreams.load().backends[0].clone()
+    })
+    .await
 }
 
 /// One GET through the backend's pool (the health probe's way: checkout,
@@ -75,7 +54,7 @@ async fn get(backend: &Backend) {
 #[tokio::test]
 async fn an_idle_upstream_connection_is_parked_and_its_socket_reused() {
     let (addr, accepted) = backend(Arc::default()).await;
-    let backend = upstream(addr);
+    let backend = backend_at("plain", addr);
     get(&backend).await;
     assert_eq!(backend.pool.idle_counts(), (1, 0), "live right after use");
     eventually(
@@ -106,7 +85,7 @@ async fn an_idle_upstream_connection_is_parked_and_its_socket_reused() {
 async fn a_parked_socket_the_backend_closed_is_not_used() {
     let close = Arc::new(Notify::new());
     let (addr, accepted) = backend(close.clone()).await;
-    let backend = upstream(addr);
+    let backend = backend_at("plain", addr);
     get(&backend).await;
     eventually(
         Duration::from_secs(5),

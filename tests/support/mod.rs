@@ -9,6 +9,8 @@ pub mod redis;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use letta_proxy::config::{BackendConfig, Config};
@@ -149,6 +151,42 @@ pub fn client() -> reqwest::Client {
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap()
+}
+
+/// The backend `name` at `addr` as the proxy holds it (its pool, its
+/// counters), without a prober: for tests that drive the pool directly.
+pub fn backend_at(name: &str, addr: SocketAddr) -> Arc<letta_proxy::backend::Backend> {
+    let mut cfg = Config {
+        backends: vec![BackendConfig::new(name, format!("http://{addr}"))],
+        ..Default::default()
+    };
+    cfg.health.enabled = false;
+    let upstreams =
+        letta_proxy::backend::Upstreams::new(&cfg, letta_proxy::metrics::Metrics::new());
+    upstreams.load().backends[0].clone()
+}
+
+/// A backend below HTTP: a listener on 127.0.0.1:0 that counts the
+/// connections it accepts and hands each socket to `serve` on a task of its
+/// own (for what a real server would not do: answer once then drop a
+/// connection, close on a signal, ...).
+pub async fn raw_backend<F, Fut>(serve: F) -> (SocketAddr, Arc<AtomicUsize>)
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (sock, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(serve(sock));
+        }
+    });
+    (addr, accepted)
 }
 
 /// Polls `cond` every 10 ms until it holds or `within` passes; panics with `what`.
