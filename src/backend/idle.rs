@@ -4,11 +4,12 @@
 //! A hyper client connection holds two 8 KiB buffers and a task for its whole
 //! life. After a burst the pool keeps up to `pool_max_idle_per_backend` of
 //! them idle (nginx's `keepalive` does the same, at a few hundred bytes each):
-//! 223 after `benches/memory.sh`'s connect burst, 4.6 MB. So a connection idle
-//! for [`LINGER`] is *parked*, as the server side parks an idle client
-//! connection (`server::conn`): its sender is dropped, hyper's connection ends
-//! without shutting the socket ([`http1::Connection::without_shutdown`]) and
-//! hands it back, and only the socket is kept. The next checkout that finds
+//! a few hundred after `benches/memory.sh`'s connect burst (337, ≈ 7 MB, in
+//! one heap profile). So a connection idle for [`LINGER`] is *parked*, as the
+//! server side parks an idle client connection (`server::conn`): its sender
+//! is dropped, hyper's connection ends without shutting the socket
+//! ([`http1::Connection::without_shutdown`]) and hands it back, and only the
+//! socket is kept. The next checkout that finds
 //! no live idle connection takes a parked socket, checks it is still open and
 //! silent, and builds a new hyper connection on it (no bytes are exchanged
 //! for that). A busy backend's connections come back within the linger and
@@ -138,25 +139,35 @@ impl Idle {
         let parked = park.clone();
         let idle = Arc::downgrade(self);
         tokio::spawn(async move {
-            match conn.without_shutdown().await {
+            match (conn.without_shutdown().await, parked.get()) {
                 // Ended because the pool dropped its sender to park it: keep
                 // the socket unless the backend sent or closed meanwhile.
-                Ok(parts) if parts.read_buf.is_empty() && parked.get().is_some() => {
-                    let since = *parked.get().expect("checked above");
+                (Ok(parts), Some(&since)) if parts.read_buf.is_empty() => {
                     let socket = parts.io.into_inner();
                     if let (Some(idle), true) = (idle.upgrade(), is_open_and_silent(&socket)) {
-                        idle.lock().parked.push((socket, since));
+                        idle.park(socket, since);
                     }
                 }
                 // Closed by the backend, or dropped by the pool: the socket closes.
-                Ok(_) => {}
-                Err(e) => tracing::debug!(error = %e, "upstream connection ended with an error"),
+                (Ok(_), _) => {}
+                (Err(e), _) => {
+                    tracing::debug!(error = %e, "upstream connection ended with an error")
+                }
             }
         });
         Ok(H1 {
             sender,
             park: Some(park),
         })
+    }
+
+    /// A socket back from its hyper connection (unless the pool filled up
+    /// meanwhile: then it closes).
+    fn park(&self, socket: TcpStream, since: Instant) {
+        let mut stacks = self.lock();
+        if stacks.live.len() + stacks.parked.len() < self.max_idle {
+            stacks.parked.push((socket, since));
+        }
     }
 
     /// Live and parked idle connections (for tests and the pool's metrics).

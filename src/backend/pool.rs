@@ -11,7 +11,7 @@
 //! timed-out connect — TCP or TLS — leaves the request untouched for the next
 //! backend, whatever its method.
 //!
-//! Idle HTTP/1.1 connections wait in [`super::idle`] (warmest first; a plain
+//! Idle HTTP/1.1 connections wait in `super::idle` (warmest first; a plain
 //! one idle for a while keeps only its socket). An HTTP/2 connection
 //! multiplexes: every request shares it until it closes.
 
@@ -250,7 +250,7 @@ pub fn fit_to_connection(req: &mut Request<RequestBody>, url: &BackendUrl, h2: b
     }
 }
 
-/// A TLS connection's HTTP/1.1 (never parked: see [`super::idle`]).
+/// A TLS connection's HTTP/1.1 (never parked: see `super::idle`).
 async fn handshake_h1<IO>(io: IO) -> Result<Sender, ConnectError>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
