@@ -19,6 +19,8 @@ use letta_proxy::coord::{Coordinator, Instance};
 use letta_proxy::redis::{Redis, RedisConfig};
 use tokio_util::sync::CancellationToken;
 
+#[path = "../tests/support/port.rs"]
+mod port;
 #[allow(dead_code)]
 #[path = "../tests/support/redis.rs"]
 mod redis_support;

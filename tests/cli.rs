@@ -1,7 +1,12 @@
 //! The binary's contract: `--check` validates, bad configs fail with a message
 //! that names the key and the file, exit code 2.
 
+#[path = "support/port.rs"]
+mod port;
+
 use std::process::Command;
+
+use port::free_port;
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_letta-proxy"));
@@ -393,12 +398,6 @@ async fn logs_of_one_request(format: &str, rust_log: Option<&str>) -> String {
     assert_eq!(resp.status(), 200);
     resp.bytes().await.unwrap();
     stop_and_read_stderr(child)
-}
-
-/// A port nothing listens on at the moment, for the binary to bind.
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
 }
 
 /// The answer to `request` once the binary listens: sent again every 20 ms

@@ -7,17 +7,19 @@
 //! registry). A query that errors or returns no series fails the test.
 
 mod deploy_common;
+#[path = "support/port.rs"]
+mod port;
 #[path = "support/redis.rs"]
 #[allow(dead_code)]
 mod redis_server;
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use deploy_common::*;
 use letta_proxy::standin::{Mode, StandIn};
+use port::free_port;
 use serde_json::Value;
 
 const AGENT: &str = "agent-00000000-0000-4000-8000-000000000001";
@@ -88,14 +90,6 @@ impl Drop for Proc {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn client() -> reqwest::Client {

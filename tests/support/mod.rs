@@ -4,6 +4,7 @@
 
 pub mod cache;
 pub mod coord;
+pub mod port;
 pub mod process;
 pub mod redis;
 

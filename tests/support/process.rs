@@ -3,22 +3,15 @@
 //! a `kill -9` while holding a lease, the same config giving the same answer
 //! in two processes. Killed on drop.
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use super::port::free_port;
 
 pub struct ProxyProcess {
     pub port: u16,
     child: Option<Child>,
     _dir: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind a free port")
-        .local_addr()
-        .expect("bound")
-        .port()
 }
 
 impl ProxyProcess {

@@ -7,15 +7,11 @@
 //! starters print a loud notice and return `None` (the test returns early),
 //! unless `LETTA_PROXY_REQUIRE_REDIS=1` (CI), where they panic instead.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("bound").port()
-}
+use super::port::free_port;
 
 /// Whether `tool --version` runs; if not, a loud skip (or a panic in CI).
 fn installed(tool: &str) -> bool {
