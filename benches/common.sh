@@ -34,6 +34,13 @@ build_proxy() { # letta-proxy (release), unless PROXY_BIN names a build; extra a
   (cd "$ROOT" && cargo build --release --bin letta-proxy "$@")
 }
 
+# The floor under letta-proxy on its own libraries (examples/hyper_floor.rs: hyper and
+# tokio forwarding, nothing else), built in release; sets FLOOR_BIN.
+build_floor() {
+  (cd "$ROOT" && cargo build --release --example hyper_floor)
+  FLOOR_BIN=$TARGET_DIR/release/examples/hyper_floor
+}
+
 # Processes to stop at exit: append with PIDS+=($!).
 PIDS=()
 stop_pids() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; }

@@ -71,8 +71,7 @@ if [ -n "${NGINX:-}" ]; then
   NGINX_PORT=18090; [ "$CACHE" = hits ] && NGINX_PORT=18095
 fi
 if [ -n "${FLOOR:-}" ]; then
-  (cd "$ROOT" && cargo build --release --example hyper_floor)
-  FLOOR_BIN=$TARGET_DIR/release/examples/hyper_floor
+  build_floor
   AGENT_BYTES=$(curl -s "http://127.0.0.1:18081$URL_PATH" | wc -c)
 fi
 

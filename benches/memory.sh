@@ -28,8 +28,7 @@ trap stop_pids EXIT
 ours_config "$TMP/ours.toml" 18100 $'[cache]\nenabled = false'
 TARGETS="nginx ours"
 if [ -n "${FLOOR:-}" ]; then
-  (cd "$ROOT" && cargo build --release --example hyper_floor)
-  FLOOR_BIN=$TARGET_DIR/release/examples/hyper_floor
+  build_floor
   ours_config "$TMP/floor.toml" 18110
   TARGETS="$TARGETS hyper_floor"
 fi
