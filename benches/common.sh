@@ -36,8 +36,8 @@ build_proxy() { # letta-proxy (release), unless PROXY_BIN names a build; extra a
 
 # The floor under letta-proxy on its own libraries (examples/hyper_floor.rs: hyper and
 # tokio forwarding, nothing else), built in release; sets FLOOR_BIN.
-build_floor() {
-  (cd "$ROOT" && cargo build --release --example hyper_floor)
+build_floor() { # extra arguments go to cargo
+  (cd "$ROOT" && cargo build --release --example hyper_floor "$@")
   FLOOR_BIN=$TARGET_DIR/release/examples/hyper_floor
 }
 

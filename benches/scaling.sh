@@ -7,6 +7,10 @@
 # backends to CPU 0. Prints a markdown table. Bounded: every run is under `timeout`.
 #   benches/scaling.sh            (~6 min)
 #   benches/scaling.sh quick      one 1 s run per cell, 10,000 connections and 256 backends left out (~1 min)
+#   FLOOR=1 benches/scaling.sh    also the connections rows of examples/hyper_floor.rs (hyper
+#                                 and tokio forwarding, nothing else) on tokio's multi-threaded
+#                                 runtime and on its current-thread one, against the same nginx
+#                                 runs: how much of the tail at many connections is the scheduler's
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 case ${1:-} in
@@ -18,6 +22,7 @@ install_tools nginx wrk
 WORK=$(mktemp -d /tmp/letta-proxy-scaling.XXXX)
 build_backend
 build_proxy -q
+[ -n "${FLOOR:-}" ] && build_floor -q
 ulimit -n 20000 2>/dev/null || true
 trap stop_pids EXIT INT TERM
 
@@ -50,8 +55,21 @@ start_pair() { # nbackends -> starts nginx on 18300 and ours on 18301
   taskset -c 1 "$BIN" --config "$WORK/ours$n.toml" >/dev/null 2>&1 & OURS=$!
   PIDS+=($NGX $OURS)
   wait_port 18300; wait_port 18301
+  FLOORS=()
+  if [ -n "${FLOOR:-}" ]; then # the same backends, on 18302 (multi-threaded) and 18303 (current-thread)
+    sed 's/:18301"/:18302"/' "$WORK/ours$n.toml" > "$WORK/floor$n.toml"
+    sed 's/:18301"/:18303"/' "$WORK/ours$n.toml" > "$WORK/floorct$n.toml"
+    taskset -c 1 "$FLOOR_BIN" --config "$WORK/floor$n.toml" >/dev/null 2>&1 & FLOORS+=($!)
+    taskset -c 1 "$FLOOR_BIN" --config "$WORK/floorct$n.toml" --current-thread >/dev/null 2>&1 & FLOORS+=($!)
+    PIDS+=("${FLOORS[@]}")
+    wait_port 18302; wait_port 18303
+  fi
 }
-stop_pair() { kill $NGX $OURS 2>/dev/null || true; wait $NGX $OURS 2>/dev/null || true; sleep 0.3; }
+stop_pair() {
+  kill $NGX $OURS "${FLOORS[@]}" 2>/dev/null || true
+  wait $NGX $OURS "${FLOORS[@]}" 2>/dev/null || true
+  sleep 0.3
+}
 
 post_lua() { # bytes -> lua file posting a body of that size
   local f=$WORK/post$1.lua
@@ -79,7 +97,14 @@ row() { # dimension value nginx-result ours-result
     'BEGIN { printf "| %s | %s | %\047.0f | %s | %\047.0f | %s | %.2f |\n", d, v, nr, np, o, op, (nr > 0 ? o / nr : 0) }'
 }
 start_pair 2
-for c in $CONNS; do row connections "$c" "$(run 18300 $c $GET)" "$(run 18301 $c $GET)"; done
+for c in $CONNS; do
+  nginx=$(run 18300 $c $GET)
+  row connections "$c" "$nginx" "$(run 18301 $c $GET)"
+  if [ -n "${FLOOR:-}" ]; then # in the "ours" columns
+    row "connections: hyper floor" "$c" "$nginx" "$(run 18302 $c $GET)"
+    row "connections: hyper floor, current-thread runtime" "$c" "$nginx" "$(run 18303 $c $GET)"
+  fi
+done
 for b in 1024 65536 1048576; do
   l=$(post_lua $b); c=64; [ $b -ge 1048576 ] && c=16
   row "POST echo body (conns)" "$b B ($c)" "$(run 18300 $c $POST "$l")" "$(run 18301 $c $POST "$l")"

@@ -14,6 +14,12 @@
 //! bytes of JSON from memory: the floor under a cache hit
 //! (`FLOOR=1 CACHE=hits benches/instructions.sh`).
 //!
+//! With `--current-thread` it runs on tokio's single-threaded runtime (one
+//! first-in-first-out run queue) instead of the multi-threaded one (a LIFO
+//! slot and a 256-task local queue before a shared one): how much of the
+//! latency tail at many connections is the scheduler's (`FLOOR=1
+//! benches/scaling.sh`).
+//!
 //! Not a proxy to deploy: it forwards hop-by-hop headers, has no timeouts and
 //! answers a dead backend with a closed connection.
 
@@ -34,9 +40,17 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use letta_proxy::config::Config;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
+    let mut runtime = if args.iter().any(|a| a == "--current-thread") {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    runtime.enable_all().build()?.block_on(run(args))
+}
+
+async fn run(args: Vec<String>) -> anyhow::Result<()> {
     let path = args
         .iter()
         .position(|a| a == "--config")
