@@ -115,7 +115,7 @@ impl Idle {
             })
             .count();
         stacks.live.drain(..expired);
-        if stacks.live.len() + stacks.parked.len() >= self.max_idle {
+        if !self.has_room(&stacks) {
             return;
         }
         let parkable = conn.park.is_some();
@@ -165,9 +165,14 @@ impl Idle {
     /// meanwhile: then it closes).
     fn park(&self, socket: TcpStream, since: Instant) {
         let mut stacks = self.lock();
-        if stacks.live.len() + stacks.parked.len() < self.max_idle {
+        if self.has_room(&stacks) {
             stacks.parked.push((socket, since));
         }
+    }
+
+    /// `pool_max_idle_per_backend` counts live and parked connections alike.
+    fn has_room(&self, stacks: &Stacks) -> bool {
+        stacks.live.len() + stacks.parked.len() < self.max_idle
     }
 
     /// Live and parked idle connections (for tests and the pool's metrics).
