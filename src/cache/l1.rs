@@ -8,11 +8,13 @@
 //! merely evicts a key once too often. Sharded std mutexes: the critical
 //! sections are a few hash operations and never span an `.await`.
 
+use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use hashbrown::HashTable;
 use moka::future::Cache;
 use moka::notification::RemovalCause;
 use moka::Expiry;
@@ -24,46 +26,58 @@ use super::tags::Tag;
 
 const SHARDS: usize = 16;
 
-type Shard = Mutex<HashMap<Tag, HashMap<CacheKey, u64>>>;
+/// One tag's entries: key → entry id.
+type Keys = HashMap<CacheKey, u64>;
+/// A shard's table is keyed by the tag's hash, computed once per operation
+/// and also used to pick the shard (a std map would hash the tag again).
+type Shard = Mutex<HashTable<(Tag, Keys)>>;
 
 /// Tag → entries, sharded by tag.
 pub struct TagIndex {
     shards: Box<[Shard]>,
-    hasher: std::collections::hash_map::RandomState,
+    /// Keyed SipHash, as std's maps: tags come from what clients write.
+    hasher: RandomState,
 }
 
 impl TagIndex {
     fn new() -> TagIndex {
         TagIndex {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            hasher: Default::default(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashTable::new())).collect(),
+            hasher: RandomState::new(),
         }
     }
 
-    fn shard(&self, tag: &str) -> &Shard {
-        &self.shards[self.hasher.hash_one(tag) as usize % SHARDS]
+    /// The tag's hash and shard. The shard comes from bits the table leaves
+    /// alone (it indexes by the low bits and tags its slots with the top 7),
+    /// so the tags of one shard still spread over its table.
+    fn locate(&self, tag: &str) -> (u64, &Shard) {
+        let hash = self.hasher.hash_one(tag);
+        (hash, &self.shards[(hash >> 32) as usize % SHARDS])
     }
 
     fn add(&self, key: CacheKey, entry: &Entry) {
         for t in entry.tags.iter() {
-            self.shard(t)
-                .lock()
-                .expect("tag index poisoned")
-                .entry(t.clone())
-                .or_default()
-                .insert(key, entry.id);
+            let (hash, shard) = self.locate(t);
+            let mut shard = shard.lock().expect("tag index poisoned");
+            let rehash = |(t, _): &(Tag, Keys)| self.hasher.hash_one(&**t);
+            let mut slot = shard
+                .entry(hash, |(x, _)| x == t, rehash)
+                .or_insert_with(|| (t.clone(), Keys::new()));
+            slot.get_mut().1.insert(key, entry.id);
         }
     }
 
     fn remove(&self, key: &CacheKey, entry: &Entry) {
         for t in entry.tags.iter() {
-            let mut shard = self.shard(t).lock().expect("tag index poisoned");
-            if let Some(keys) = shard.get_mut(t) {
+            let (hash, shard) = self.locate(t);
+            let mut shard = shard.lock().expect("tag index poisoned");
+            if let Ok(mut slot) = shard.find_entry(hash, |(x, _)| x == t) {
+                let keys = &mut slot.get_mut().1;
                 if keys.get(key) == Some(&entry.id) {
                     keys.remove(key);
                 }
                 if keys.is_empty() {
-                    shard.remove(t);
+                    slot.remove();
                 }
             }
         }
@@ -71,12 +85,15 @@ impl TagIndex {
 
     /// Removes and returns every key tagged with `tag`.
     fn take(&self, tag: &str) -> Vec<CacheKey> {
-        self.shard(tag)
-            .lock()
-            .expect("tag index poisoned")
-            .remove(tag)
-            .map(|keys| keys.into_keys().collect())
-            .unwrap_or_default()
+        let (hash, shard) = self.locate(tag);
+        let mut shard = shard.lock().expect("tag index poisoned");
+        match shard.find_entry(hash, |(x, _)| &**x == tag) {
+            Ok(slot) => {
+                let ((_, keys), _) = slot.remove();
+                keys.into_keys().collect()
+            }
+            Err(_) => Vec::new(),
+        }
     }
 
     fn clear(&self) {

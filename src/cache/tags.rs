@@ -17,7 +17,7 @@
 //!
 //! Everything here is pure and allocation-light; the table tests are the spec.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use rustc_hash::FxHashSet;
 
@@ -29,6 +29,9 @@ pub type Tag = Arc<str>;
 pub const BLOCKS: &str = "g:blocks";
 /// Agent entries stored while the agent's blocks were unknown.
 pub const UNRELATED: &str = "g:unrelated";
+/// [`BLOCKS`] and [`UNRELATED`] as shared tags: pushed on most writes, never copied.
+static BLOCKS_TAG: LazyLock<Tag> = LazyLock::new(|| Arc::from(BLOCKS));
+static UNRELATED_TAG: LazyLock<Tag> = LazyLock::new(|| Arc::from(UNRELATED));
 /// Most tags one entry may carry; a body naming more ids is not stored (its
 /// invalidation would have to track them all).
 pub const MAX_TAGS: usize = 4096;
@@ -58,26 +61,31 @@ const TAG_PREFIXES: &[&str] = &[
 /// Every distinct taggable Letta id (`<prefix>-<uuid>`) in `bytes`, in order.
 /// (A set beside the list: an agent's state can name thousands of ids.)
 pub fn scan_ids(bytes: &[u8]) -> Vec<&str> {
-    let mut out: Vec<&str> = Vec::new();
     let mut seen: FxHashSet<&str> = FxHashSet::default();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] != b'-' {
-            i += 1;
-            continue;
-        }
-        if let Some((start, end)) = id_at(bytes, i) {
-            // Ids are ASCII by construction.
-            let id = std::str::from_utf8(&bytes[start..end]).expect("ascii id");
-            if seen.insert(id) {
-                out.push(id);
+    ids(bytes).filter(|id| seen.insert(id)).collect()
+}
+
+/// Every taggable Letta id in `bytes`, in order, repeats included (callers
+/// that collect into a [`TagList`] drop them there). The scan jumps from `-`
+/// to `-` with `memchr`: a write's 1 KB message body names no id, and testing
+/// it byte by byte was a sixth of what the cache layer added to a POST.
+fn ids(bytes: &[u8]) -> impl Iterator<Item = &str> {
+    let mut from = 0;
+    std::iter::from_fn(move || {
+        while let Some(at) = memchr::memchr(b'-', &bytes[from..]) {
+            let dash = from + at;
+            match id_at(bytes, dash) {
+                Some((start, end)) => {
+                    from = end;
+                    // Ids are ASCII by construction.
+                    return Some(std::str::from_utf8(&bytes[start..end]).expect("ascii id"));
+                }
+                None => from = dash + 1,
             }
-            i = end;
-        } else {
-            i += 1;
         }
-    }
-    out
+        from = bytes.len();
+        None
+    })
 }
 
 /// The id whose prefix ends at the `-` at `dash`, as a byte range.
@@ -135,25 +143,52 @@ pub fn message_tag(agent: &str) -> Tag {
     Arc::from(format!("m:{agent}"))
 }
 
-/// Tags in insertion order without repeats, checked against a set (not by
-/// scanning the list, which is quadratic on bodies naming many ids).
+/// Tags in insertion order without repeats. A write or an entry carries a
+/// handful, found by comparing along the list; past [`LINEAR`] a set takes over
+/// (an agent's state can name thousands of ids, and scanning the list would be
+/// quadratic).
 #[derive(Default)]
 pub struct TagList {
     list: Vec<Tag>,
-    seen: FxHashSet<Tag>,
+    seen: Option<FxHashSet<Tag>>,
 }
+
+/// Most tags a [`TagList`] checks by comparing along the list.
+const LINEAR: usize = 16;
 
 impl TagList {
     pub fn push(&mut self, t: &str) {
-        if !self.seen.contains(t) {
-            let tag: Tag = Arc::from(t);
-            self.seen.insert(tag.clone());
-            self.list.push(tag);
+        if !self.contains(t) {
+            self.insert(Arc::from(t));
         }
     }
 
+    /// [`TagList::push`] for a tag already shared (no copy of its text).
+    pub fn push_tag(&mut self, t: &Tag) {
+        if !self.contains(t) {
+            self.insert(t.clone());
+        }
+    }
+
+    fn insert(&mut self, tag: Tag) {
+        match &mut self.seen {
+            Some(seen) => {
+                seen.insert(tag.clone());
+            }
+            None if self.list.len() == LINEAR => {
+                let seen = self.list.iter().cloned().chain([tag.clone()]).collect();
+                self.seen = Some(seen);
+            }
+            None => {}
+        }
+        self.list.push(tag);
+    }
+
     pub fn contains(&self, t: &str) -> bool {
-        self.seen.contains(t)
+        match &self.seen {
+            Some(seen) => seen.contains(t),
+            None => self.list.iter().any(|x| &**x == t),
+        }
     }
 
     pub fn any(&self, f: impl Fn(&str) -> bool) -> bool {
@@ -169,9 +204,7 @@ impl FromIterator<Tag> for TagList {
     fn from_iter<I: IntoIterator<Item = Tag>>(iter: I) -> TagList {
         let mut t = TagList::default();
         for tag in iter {
-            if t.seen.insert(tag.clone()) {
-                t.list.push(tag);
-            }
+            t.push_tag(&tag);
         }
         t
     }
@@ -189,17 +222,17 @@ pub fn entry_tags(
     agent_blocks: Option<&[Tag]>,
 ) -> Vec<Tag> {
     let mut tags = TagList::default();
-    let path_ids = scan_ids(path.as_bytes());
-    for id in &path_ids {
+    for id in ids(path.as_bytes()) {
         tags.push(id);
     }
-    for id in scan_ids(body) {
+    let path_ids = !tags.list.is_empty();
+    for id in ids(body) {
         tags.push(id);
     }
-    if path_ids.is_empty() {
+    if !path_ids {
         // A list or a lookup: any write in the collection may change it.
         if let Some(c) = collection(path) {
-            tags.push(&c);
+            tags.push_tag(&c);
         }
     }
     let mut shows_blocks =
@@ -208,18 +241,18 @@ pub fn entry_tags(
         match agent_blocks {
             Some(blocks) => {
                 for b in blocks {
-                    tags.push(b);
+                    tags.push_tag(b);
                 }
                 shows_blocks |= !blocks.is_empty();
             }
             // The agent item never renders block content without naming the
             // blocks; other agent views (context, …) may.
-            None if !agent_item => tags.push(UNRELATED),
+            None if !agent_item => tags.push_tag(&UNRELATED_TAG),
             None => {}
         }
     }
     if shows_blocks {
-        tags.push(BLOCKS);
+        tags.push_tag(&BLOCKS_TAG);
     }
     tags.into_vec()
 }
@@ -243,25 +276,24 @@ pub struct WritePlan {
 /// enough to read) is `body`.
 pub fn write_plan(path: &str, agent: Option<&str>, body: Option<&[u8]>) -> WritePlan {
     let mut tags = TagList::default();
-    for id in scan_ids(path.as_bytes()) {
-        tags.push(id);
-    }
-    for id in body.map(scan_ids).unwrap_or_default() {
+    for id in ids(path.as_bytes()).chain(body.into_iter().flat_map(ids)) {
         tags.push(id);
     }
     if let Some(c) = collection(path) {
-        tags.push(&c);
+        tags.push_tag(&c);
     }
+    // The segment after the agent's is `messages` (compared segment by
+    // segment: a substring search set up per write cost more than the rest).
     let turn = agent.is_some_and(|a| {
-        let after = path.split_once(a).map_or("", |(_, rest)| rest);
-        after == "/messages" || after.starts_with("/messages/")
+        let mut after = path.split('/').skip_while(|s| *s != a).skip(1);
+        after.next() == Some("messages")
     });
     let names_block = tags.any(|t| t.starts_with("block-"));
     if agent.is_some() || names_block {
-        tags.push(UNRELATED);
+        tags.push_tag(&UNRELATED_TAG);
     }
     if let (Some(a), false) = (agent, turn) {
-        tags.push(&message_tag(a));
+        tags.push_tag(&message_tag(a));
     }
     WritePlan {
         tags: tags.into_vec(),
@@ -279,10 +311,10 @@ pub fn expand(plan: &WritePlan, agent_blocks: Option<&[Tag]>) -> Vec<Tag> {
         match agent_blocks {
             Some(blocks) => {
                 for b in blocks {
-                    tags.push(b);
+                    tags.push_tag(b);
                 }
             }
-            None => tags.push(BLOCKS),
+            None => tags.push_tag(&BLOCKS_TAG),
         }
     }
     tags.into_vec()
@@ -316,6 +348,34 @@ mod tests {
         assert_eq!(
             scan_ids(format!("/v1/agents/{A}/tools/attach/{T}").as_bytes()),
             vec![A, T]
+        );
+    }
+
+    #[test]
+    fn ids_after_dashes_that_start_none_are_found() {
+        let body = format!("a-b--{A}-{B}x-{T}");
+        assert_eq!(scan_ids(body.as_bytes()), vec![A, T], "B runs on into `x`");
+        assert_eq!(scan_ids(format!("--{A}-").as_bytes()), vec![A]);
+        assert!(scan_ids(b"-").is_empty() && scan_ids(b"").is_empty());
+    }
+
+    #[test]
+    fn tag_list_keeps_first_order_without_repeats_past_the_linear_size() {
+        let names: Vec<String> = (0..3 * LINEAR).map(|i| format!("tag-{i}")).collect();
+        let mut list = TagList::default();
+        for round in 0..2 {
+            for (i, n) in names.iter().enumerate() {
+                if round == 0 || i % 2 == 0 {
+                    list.push(n);
+                }
+            }
+        }
+        assert!(list.seen.is_some(), "the set took over");
+        assert!(list.contains("tag-0") && list.contains(&names[3 * LINEAR - 1]));
+        assert!(!list.contains("tag-x"));
+        assert_eq!(
+            strs(&list.into_vec()),
+            names.iter().map(String::as_str).collect::<Vec<_>>()
         );
     }
 
@@ -427,6 +487,12 @@ mod tests {
         assert!(p.turn && !p.forget_agent && p.agent.as_deref() == Some(A));
         let p = c(&format!("/v1/agents/{A}/messages/stream"), None);
         assert!(p.turn);
+        for not_turn in ["messagesx", "tools/messages", ""] {
+            assert!(
+                !c(&format!("/v1/agents/{A}/{not_turn}"), None).turn,
+                "{not_turn}"
+            );
+        }
         let p = c(
             &format!("/v1/agents/{A}"),
             Some(&format!(r#"{{"tool_ids":["{T}"]}}"#)),

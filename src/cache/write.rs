@@ -137,9 +137,12 @@ where
     shared.invalidate(&plan).await;
     let after = shared.fill_start(None);
     let streaming = plan.turn || is_event_stream(resp.headers());
-    let remember = suppress.filter(|_| resp.status() == StatusCode::OK);
+    let status = resp.status();
+    // What a remembered answer needs: its key and hash, and the headers it keeps.
+    let remember = suppress
+        .filter(|_| status == StatusCode::OK)
+        .map(|(k, h)| (k, h, entry::kept_headers(resp.headers())));
     let teach = teaches(&method, target.kind);
-    let (status, headers) = (resp.status(), entry::kept_headers(resp.headers()));
     let mut tee = fill.and_then(|(f, _)| f.consumer(&shared, &policy, status, resp.headers()));
     if !(streaming || remember.is_some() || teach) {
         return match tee {
@@ -163,7 +166,7 @@ where
             None
         };
         let remembered = match (&outcome, remember) {
-            (Ok(bytes), Some((k, h))) => {
+            (Ok(bytes), Some((k, h, headers))) => {
                 let e = shared.remembered_entry(&target.path, status, headers, bytes.clone());
                 Some((k, shared.remember(k, h, e, after)))
             }
