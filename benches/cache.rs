@@ -3,7 +3,10 @@
 //! - `cache/key`: computing a key for an SDK-shaped request (identity, vary headers, query).
 //! - `cache/l1_hit_through_layer`: one request through the cache layer answered
 //!   from L1, response body read (target: well under 20 µs); `cache/pass_through_layer`
-//!   the layer's cost on a request it does not cache.
+//!   the layer's cost on a request it does not cache; `cache/write_through_layer`
+//!   an agent turn (`POST …/messages`, the harness's 1 KB body) through the
+//!   layer's write path: tags planned, held, invalidated on the answer and again
+//!   when its body ends (the layer's whole cost on the load benches' POST row).
 //! - then, outside criterion, a bounded load loop over loopback: requests per
 //!   second of cache hits versus proxied misses (same proxy, same stand-in
 //!   backend, same client), printed as a table.
@@ -109,6 +112,23 @@ fn request(path: &str, headers: &HeaderMap) -> Request<InboundBody> {
     r
 }
 
+/// The load benches' POST (`benches/harness/lua/post1k.lua`): a message create
+/// with a 1,024-byte JSON body.
+fn turn(path: &str, headers: &HeaderMap) -> Request<InboundBody> {
+    let body = format!(
+        r#"{{"messages":[{{"role":"user","content":"{}"}}],"stream_steps":false,"x":"0123456789"}}"#,
+        "x".repeat(943)
+    );
+    let mut r = request(path, headers);
+    *r.method_mut() = Method::POST;
+    r.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    r.headers_mut()
+        .insert("content-length", body.len().to_string().parse().unwrap());
+    *r.body_mut() = InboundBody::from(Bytes::from(body));
+    r
+}
+
 fn bench_layer(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -168,6 +188,22 @@ fn bench_layer(c: &mut Criterion) {
                     .await
                     .unwrap();
                 black_box(r.into_body().collect().await.unwrap().to_bytes())
+            })
+        })
+    });
+    c.bench_function("cache/write_through_layer", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let r = svc
+                    .clone()
+                    .oneshot(turn(&uncached, &headers))
+                    .await
+                    .unwrap();
+                let body = r.into_body().collect().await.unwrap().to_bytes();
+                // The turn's second invalidation runs in a task spawned when
+                // its body ended: let it run inside the measured iteration.
+                tokio::task::yield_now().await;
+                black_box(body)
             })
         })
     });

@@ -11,6 +11,9 @@
 #                                            # this build and another, alternated
 #   ROUNDS=2 CONNS=16 DURATION=5             # the defaults
 #   CACHE=hits benches/instructions.sh       # answers from the in-memory cache instead
+#   REQUEST=post benches/instructions.sh     # a 1 KB POST to the agent's messages (an agent
+#                                            # turn) instead of the GET; with CACHE=hits, the
+#                                            # cache layer's write path (plan, hold, invalidate)
 #   FLOOR=1 NGINX=1 benches/instructions.sh  # beside examples/hyper_floor.rs (hyper and
 #                                            # tokio forwarding, nothing else; with CACHE=hits,
 #                                            # answering from memory) and nginx
@@ -22,6 +25,7 @@
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 ROUNDS=${ROUNDS:-2}; CONNS=${CONNS:-16}; DURATION=${DURATION:-5}; CACHE=${CACHE:-off}
+REQUEST=${REQUEST:-get}
 install_tools valgrind wrk
 [ -n "${NGINX:-}" ] && install_tools nginx
 [ -n "${FLOOR:-}" ] && install_tools curl
@@ -30,6 +34,12 @@ build_proxy
 TMP=$(mktemp -d /tmp/letta-proxy-instructions.XXXX)
 trap stop_pids EXIT
 URL_PATH=/v1/agents/agent-00000000-0000-4000-8000-000000000001
+case $REQUEST in
+  get) LUA=get.lua ;;
+  post) LUA=post1k.lua; URL_PATH=$URL_PATH/messages ;;
+  *) echo "REQUEST=get or REQUEST=post" >&2; exit 2 ;;
+esac
+[ -n "${FLOOR:-}${NGINX:-}" ] && [ "$REQUEST" = post ] && { echo "FLOOR and NGINX rows are GETs" >&2; exit 2; }
 export BENCH_LUA_DIR=$HARNESS/lua
 case $CACHE in
   off) CACHE_ENABLED=false ;;
@@ -49,9 +59,9 @@ count() {
   taskset -c 1 valgrind --tool=callgrind --callgrind-out-file="$out" "$@" >/dev/null 2>"$TMP/valgrind.log" &
   pid=$!
   wait_port "$port" 60   # valgrind starts it slowly
-  timeout 60 taskset -c 0 wrk -t1 -c"$CONNS" -d3s "http://127.0.0.1:$port$URL_PATH" >/dev/null
+  timeout 60 taskset -c 0 wrk -t1 -c"$CONNS" -d3s -s "$BENCH_LUA_DIR/$LUA" "http://127.0.0.1:$port$URL_PATH" >/dev/null
   callgrind_control -z "$pid" >/dev/null 2>&1
-  n=$(timeout $((DURATION + 30)) taskset -c 0 wrk -t1 -c"$CONNS" -d"${DURATION}s" -s "$BENCH_LUA_DIR/get.lua" \
+  n=$(timeout $((DURATION + 30)) taskset -c 0 wrk -t1 -c"$CONNS" -d"${DURATION}s" -s "$BENCH_LUA_DIR/$LUA" \
       "http://127.0.0.1:$port$URL_PATH" | grep '^JSON:' | cut -c6- \
       | python3 -c 'import json, sys; print(json.load(sys.stdin)["requests"])')
   callgrind_control -d "$pid" >/dev/null 2>&1

@@ -10,6 +10,9 @@
 #   BASELINE_BIN=/path/to/letta-proxy benches/load.sh compare
 #                                   # this build against another one (an older commit's
 #                                   # release binary), GET and POST, interleaved (~6 min)
+#   CACHE=on BASELINE_BIN=… benches/load.sh compare
+#                                   # the same with the cache layer on in both (a POST
+#                                   # then takes the cache's write path)
 #
 # nginx-cache is nginx with proxy_cache on GETs (port 18095): the anchor for ours_cache's hits.
 #
@@ -68,7 +71,12 @@ case $MODE in
   compare)
     # This build (`ours`) against BASELINE_BIN (`base`) on the same config, same run.
     [ -x "${BASELINE_BIN:-}" ] || { echo "compare: set BASELINE_BIN to another letta-proxy binary" >&2; exit 2; }
-    ours_config "$CONF/base.toml" 18106 "$NOLIMITS"$'\n[cache]\nenabled = false'
+    case ${CACHE:-off} in
+      off) ours_config "$CONF/base.toml" 18106 "$NOLIMITS"$'\n[cache]\nenabled = false' ;;
+      on) export CMD_ours=$(conf ours 18100 "$NOLIMITS")
+          ours_config "$CONF/base.toml" 18106 "$NOLIMITS" ;;
+      *) echo "compare: CACHE=off or CACHE=on" >&2; exit 2 ;;
+    esac
     export CMD_base="$BASELINE_BIN --config $CONF/base.toml"
     WORKLOADS=${WORKLOADS:-"get post"} exec "$HARNESS/run.sh" nginx ours=127.0.0.1:18100 base=127.0.0.1:18106 ;;
   *) echo "usage: $0 [main|features|log|bypass|quick|compare]" >&2; exit 2 ;;
