@@ -7,6 +7,9 @@
 #
 #   benches/cpu.sh                 # ~2 min; ROUNDS=3 DURATION=5
 #   benches/cpu.sh quick           # ROUNDS=1 DURATION=2, for a smoke check (~30 s)
+#   FLOOR=1 benches/cpu.sh         # also examples/hyper_floor.rs, forwarding (`floor`) and
+#                                  # answering the agent's bytes from memory (`floor_static`):
+#                                  # the CPU under a proxied GET and under a cache hit on hyper
 #
 # Uses the harness's backends, nginx config and wrk scripts (benches/harness).
 set -euo pipefail
@@ -17,8 +20,10 @@ case ${1:-} in
   *) echo "usage: $0 [quick]" >&2; exit 2 ;;
 esac
 install_tools nginx wrk
+[ -n "${FLOOR:-}" ] && install_tools curl
 build_backend
 build_proxy
+[ -n "${FLOOR:-}" ] && build_floor
 TMP=$(mktemp -d /tmp/letta-proxy-cpu.XXXX)
 cleanup() {
   nginx -p "$TMP/nginx" -c "$HARNESS/peers/nginx.conf" -s stop 2>/dev/null || true
@@ -39,6 +44,17 @@ taskset -c 1 "$BIN" --config "$TMP/ours.toml" >/dev/null 2>&1 & OURS=$!; PIDS+=(
 taskset -c 1 "$BIN" --config "$TMP/ours-cache.toml" >/dev/null 2>&1 & CACHE=$!; PIDS+=($CACHE)
 for port in 18081 18082 18090 18095 18100 18101; do wait_port $port; done
 NGINX=$(pgrep -P "$(cat "$TMP/nginx/nginx.pid")" -f "nginx: worker" | head -1)
+TARGETS="nginx:$NGINX:18090 ours:$OURS:18100 nginx_cache_hits:$NGINX:18095 ours_cache_hits:$CACHE:18101"
+if [ -n "${FLOOR:-}" ]; then
+  # The floor reads its listen address and backends from a config like ours.
+  ours_config "$TMP/floor.toml" 18102 ""
+  ours_config "$TMP/floor-static.toml" 18103 ""
+  AGENT_BYTES=$(curl -s "http://127.0.0.1:18081$URL_PATH" | wc -c)
+  taskset -c 1 "$FLOOR_BIN" --config "$TMP/floor.toml" >/dev/null 2>&1 & FLOORP=$!; PIDS+=($FLOORP)
+  taskset -c 1 "$FLOOR_BIN" --config "$TMP/floor-static.toml" --static "$AGENT_BYTES" >/dev/null 2>&1 & STATIC=$!; PIDS+=($STATIC)
+  wait_port 18102; wait_port 18103
+  TARGETS="$TARGETS floor:$FLOORP:18102 floor_static:$STATIC:18103"
+fi
 HZ=$(getconf CLK_TCK)
 
 # measure PID PORT -> "req/s user_us_per_req kernel_us_per_req"
@@ -57,14 +73,15 @@ print(f"{rps:.0f} {us(sys.argv[2], sys.argv[3]):.2f} {us(sys.argv[4], sys.argv[5
 }
 
 # Warm the caches (first GET is a miss) and the pools.
-for port in 18090 18095 18100 18101; do
+for t in $TARGETS; do
+  port=${t##*:}
   timeout 10 taskset -c 0 wrk -t1 -c64 -d1s "http://127.0.0.1:$port$URL_PATH" >/dev/null
 done
 
 echo "| target | round | req/s | user µs/req | kernel µs/req | total µs/req |"
 echo "|---|---|---|---|---|---|"
 for round in $(seq "$ROUNDS"); do
-  for t in nginx:$NGINX:18090 ours:$OURS:18100 nginx_cache_hits:$NGINX:18095 ours_cache_hits:$CACHE:18101; do
+  for t in $TARGETS; do
     IFS=: read -r name pid port <<< "$t"
     read -r rps user sys < <(measure "$pid" "$port")
     echo "| $name | $round | $rps | $user | $sys | $(python3 -c "print(round($user + $sys, 2))") |"
@@ -77,7 +94,7 @@ echo "perf (software clock, 2 s under the same load): share of samples"
 echo
 echo "| target | kernel | proxy binary | libc | wake-ups (_raw_spin_unlock_irqrestore) |"
 echo "|---|---|---|---|---|"
-for t in nginx:$NGINX:18090 ours:$OURS:18100 nginx_cache_hits:$NGINX:18095 ours_cache_hits:$CACHE:18101; do
+for t in $TARGETS; do
   IFS=: read -r name pid port <<< "$t"
   timeout 20 taskset -c 0 wrk -t1 -c64 -d4s "http://127.0.0.1:$port$URL_PATH" >/dev/null &
   load=$!
@@ -88,5 +105,5 @@ for t in nginx:$NGINX:18090 ours:$OURS:18100 nginx_cache_hits:$NGINX:18095 ours_
   share() { echo "$dsos" | awk -v d="$1" '$2 ~ d {gsub("%","",$1); s+=$1} END {printf "%.1f %%", s}'; }
   wake=$(perf report -q -i "$TMP/$name.perf" --sort sym 2>/dev/null \
          | awk '/_raw_spin_unlock_irqrestore/ {gsub("%","",$1); s+=$1} END {printf "%.1f %%", s}')
-  echo "| $name | $(share kernel) | $(share "nginx|$(basename "$BIN")") | $(share libc) | $wake |"
+  echo "| $name | $(share kernel) | $(share "nginx|$(basename "$BIN")|hyper_floor") | $(share libc) | $wake |"
 done

@@ -352,7 +352,7 @@ mod tests {
     }
 
     #[test]
-    fn ids_after_dashes_that_start_none_are_found() {
+    fn ids_are_found_between_stray_dashes() {
         let body = format!("a-b--{A}-{B}x-{T}");
         assert_eq!(scan_ids(body.as_bytes()), vec![A, T], "B runs on into `x`");
         assert_eq!(scan_ids(format!("--{A}-").as_bytes()), vec![A]);
