@@ -17,9 +17,8 @@
 //!
 //! Everything here is pure and allocation-light; the table tests are the spec.
 
+use std::collections::HashSet;
 use std::sync::{Arc, LazyLock};
-
-use rustc_hash::FxHashSet;
 
 /// A tag: a Letta id (`agent-…`), a collection (`c:agents`), a group (`g:…`) or
 /// an agent's message-cache tag (`m:agent-…`).
@@ -61,7 +60,7 @@ const TAG_PREFIXES: &[&str] = &[
 /// Every distinct taggable Letta id (`<prefix>-<uuid>`) in `bytes`, in order.
 /// (A set beside the list: an agent's state can name thousands of ids.)
 pub fn scan_ids(bytes: &[u8]) -> Vec<&str> {
-    let mut seen: FxHashSet<&str> = FxHashSet::default();
+    let mut seen: HashSet<&str> = HashSet::new();
     ids(bytes).filter(|id| seen.insert(id)).collect()
 }
 
@@ -146,11 +145,13 @@ pub fn message_tag(agent: &str) -> Tag {
 /// Tags in insertion order without repeats. A write or an entry carries a
 /// handful, found by comparing along the list; past [`LINEAR`] a set takes over
 /// (an agent's state can name thousands of ids, and scanning the list would be
-/// quadratic).
+/// quadratic). The set hashes with std's keyed SipHash: the ids come from
+/// bodies clients write, and an unkeyed hash (FxHash) lets a body of ids chosen
+/// to collide make each insert walk all the others.
 #[derive(Default)]
 pub struct TagList {
     list: Vec<Tag>,
-    seen: Option<FxHashSet<Tag>>,
+    seen: Option<HashSet<Tag>>,
 }
 
 /// Most tags a [`TagList`] checks by comparing along the list.
