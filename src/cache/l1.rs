@@ -59,7 +59,7 @@ impl TagIndex {
         for t in entry.tags.iter() {
             let (hash, shard) = self.locate(t);
             let mut shard = shard.lock().expect("tag index poisoned");
-            let rehash = |(t, _): &(Tag, Keys)| self.hasher.hash_one(&**t);
+            let rehash = |(x, _): &(Tag, Keys)| self.hasher.hash_one(&**x);
             let mut slot = shard
                 .entry(hash, |(x, _)| x == t, rehash)
                 .or_insert_with(|| (t.clone(), Keys::new()));

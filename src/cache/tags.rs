@@ -64,8 +64,8 @@ pub fn scan_ids(bytes: &[u8]) -> Vec<&str> {
     ids(bytes).filter(|id| seen.insert(id)).collect()
 }
 
-/// Every taggable Letta id in `bytes`, in order, repeats included (callers
-/// that collect into a [`TagList`] drop them there). The scan jumps from `-`
+/// Every taggable Letta id in `bytes`, in order, repeats included
+/// ([`TagList::push_ids`] drops them there). The scan jumps from `-`
 /// to `-` with `memchr`: a write's 1 KB message body names no id, and testing
 /// it byte by byte was a sixth of what the cache layer added to a POST.
 fn ids(bytes: &[u8]) -> impl Iterator<Item = &str> {
@@ -164,6 +164,16 @@ impl TagList {
         }
     }
 
+    /// Pushes every taggable id in `bytes`; whether `bytes` named any.
+    pub fn push_ids(&mut self, bytes: &[u8]) -> bool {
+        let mut named = false;
+        for id in ids(bytes) {
+            self.push(id);
+            named = true;
+        }
+        named
+    }
+
     /// [`TagList::push`] for a tag already shared (no copy of its text).
     pub fn push_tag(&mut self, t: &Tag) {
         if !self.contains(t) {
@@ -223,13 +233,8 @@ pub fn entry_tags(
     agent_blocks: Option<&[Tag]>,
 ) -> Vec<Tag> {
     let mut tags = TagList::default();
-    for id in ids(path.as_bytes()) {
-        tags.push(id);
-    }
-    let path_ids = !tags.list.is_empty();
-    for id in ids(body) {
-        tags.push(id);
-    }
+    let path_ids = tags.push_ids(path.as_bytes());
+    tags.push_ids(body);
     if !path_ids {
         // A list or a lookup: any write in the collection may change it.
         if let Some(c) = collection(path) {
@@ -277,8 +282,9 @@ pub struct WritePlan {
 /// enough to read) is `body`.
 pub fn write_plan(path: &str, agent: Option<&str>, body: Option<&[u8]>) -> WritePlan {
     let mut tags = TagList::default();
-    for id in ids(path.as_bytes()).chain(body.into_iter().flat_map(ids)) {
-        tags.push(id);
+    tags.push_ids(path.as_bytes());
+    if let Some(b) = body {
+        tags.push_ids(b);
     }
     if let Some(c) = collection(path) {
         tags.push_tag(&c);

@@ -331,12 +331,8 @@ impl Shared {
         body: Bytes,
     ) -> Entry {
         let mut tags = tags::TagList::default();
-        for id in tags::scan_ids(path.as_bytes())
-            .into_iter()
-            .chain(tags::scan_ids(&body))
-        {
-            tags.push(id);
-        }
+        tags.push_ids(path.as_bytes());
+        tags.push_ids(&body);
         if tags.any(|t| t.starts_with("block-")) {
             tags.push(tags::BLOCKS);
         }
