@@ -41,6 +41,9 @@ build_floor() { # extra arguments go to cargo
   FLOOR_BIN=$TARGET_DIR/release/examples/hyper_floor
 }
 
+# Bytes of the stand-in's answer to PATH (on be1): what the floor's `--static` answers with.
+agent_bytes() { curl -s "http://127.0.0.1:18081$1" | wc -c; }
+
 # Processes to stop at exit: append with PIDS+=($!).
 PIDS=()
 stop_pids() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; }

@@ -49,7 +49,7 @@ if [ -n "${FLOOR:-}" ]; then
   # The floor reads its listen address and backends from a config like ours.
   ours_config "$TMP/floor.toml" 18102 ""
   ours_config "$TMP/floor-static.toml" 18103 ""
-  AGENT_BYTES=$(curl -s "http://127.0.0.1:18081$URL_PATH" | wc -c)
+  AGENT_BYTES=$(agent_bytes "$URL_PATH")
   taskset -c 1 "$FLOOR_BIN" --config "$TMP/floor.toml" >/dev/null 2>&1 & FLOORP=$!; PIDS+=($FLOORP)
   taskset -c 1 "$FLOOR_BIN" --config "$TMP/floor-static.toml" --static "$AGENT_BYTES" >/dev/null 2>&1 & STATIC=$!; PIDS+=($STATIC)
   wait_port 18102; wait_port 18103

@@ -82,7 +82,7 @@ if [ -n "${NGINX:-}" ]; then
 fi
 if [ -n "${FLOOR:-}" ]; then
   build_floor
-  AGENT_BYTES=$(curl -s "http://127.0.0.1:18081$URL_PATH" | wc -c)
+  AGENT_BYTES=$(agent_bytes "$URL_PATH")
 fi
 
 echo "| build | requests | instructions | instructions/request |"
